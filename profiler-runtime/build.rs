@@ -1,0 +1,12 @@
+//! Sets `profiler_sampling` where the sampler is implemented: 64-bit Linux on x86_64 and
+//! aarch64. Elsewhere the crate compiles and says once, at run time, that sampling is
+//! unsupported.
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(profiler_sampling)");
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let enabled = std::env::var_os("CARGO_FEATURE_ENABLED").is_some();
+    if enabled && os == "linux" && (arch == "x86_64" || arch == "aarch64") {
+        println!("cargo::rustc-cfg=profiler_sampling");
+    }
+}

@@ -1,0 +1,208 @@
+//! Cumulative per-tag profiles, fed by draining every thread's ring, and their pprof form.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use crate::buffer::SampleKind;
+use crate::objects::LoadedObject;
+use crate::pprof::{FrameInfo, Mapping, Profile, ProfileBuilder};
+use crate::registry::ThreadRecord;
+use crate::symbolize::Symbolizer;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct StackKey {
+    thread: u64,
+    kind: SampleKind,
+    truncated: bool,
+    frames: Box<[u64]>,
+}
+
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Counts {
+    samples: u64,
+    cpu_ns: u64,
+    wall_ns: u64,
+}
+
+#[derive(Default)]
+struct TagProfile {
+    stacks: HashMap<StackKey, Counts>,
+    dropped: u64,
+}
+
+struct ThreadMeta {
+    tid: i64,
+    name: String,
+    dropped_seen: u64,
+}
+
+/// Sampling parameters that turn timer expiries into time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Periods {
+    pub cpu_ns: u64,
+    /// 0 when wall sampling is off.
+    pub wall_ns: u64,
+}
+
+/// All samples since start, per tag id.
+pub(crate) struct Aggregator {
+    periods: Periods,
+    tags: BTreeMap<u32, TagProfile>,
+    threads: HashMap<u64, ThreadMeta>,
+    scratch: Vec<u64>,
+    started: SystemTime,
+}
+
+/// What one drain found.
+#[derive(Default, Debug)]
+pub(crate) struct DrainStats {
+    pub records: usize,
+    pub newly_dropped: u64,
+}
+
+impl Aggregator {
+    pub(crate) fn new(periods: Periods, started: SystemTime) -> Aggregator {
+        Aggregator {
+            periods,
+            tags: BTreeMap::new(),
+            threads: HashMap::new(),
+            scratch: Vec::new(),
+            started,
+        }
+    }
+
+    /// Moves every complete record out of the threads' rings into the profiles.
+    pub(crate) fn drain(&mut self, threads: &[ThreadRecord]) -> DrainStats {
+        let mut stats = DrainStats::default();
+        for t in threads {
+            let meta = self.threads.entry(t.id).or_insert_with(|| ThreadMeta {
+                tid: t.tid,
+                name: t.name.clone(),
+                dropped_seen: 0,
+            });
+            let dropped = t.slot.buffer.dropped();
+            if dropped > meta.dropped_seen {
+                let delta = dropped - meta.dropped_seen;
+                meta.dropped_seen = dropped;
+                stats.newly_dropped += delta;
+                self.tags.entry(t.slot.tag()).or_default().dropped += delta;
+            }
+            let periods = self.periods;
+            let tags = &mut self.tags;
+            stats.records += t.slot.buffer.drain(&mut self.scratch, |r| {
+                let key = StackKey {
+                    thread: t.id,
+                    kind: r.kind,
+                    truncated: r.truncated,
+                    frames: r.frames.into(),
+                };
+                let c = tags
+                    .entry(r.tag)
+                    .or_default()
+                    .stacks
+                    .entry(key)
+                    .or_default();
+                c.samples += r.weight;
+                match r.kind {
+                    SampleKind::Cpu => c.cpu_ns += r.weight * periods.cpu_ns,
+                    _ => c.wall_ns += r.weight * periods.wall_ns,
+                }
+            });
+        }
+        stats
+    }
+
+    /// Tag ids that have samples.
+    pub(crate) fn tags_with_samples(&self) -> Vec<u32> {
+        self.tags
+            .iter()
+            .filter(|(_, p)| !p.stacks.is_empty())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Builds the pprof profile of `only` (one tag id) or of every tag (`None`).
+    pub(crate) fn to_profile(
+        &self,
+        only: Option<u32>,
+        tag_name: &dyn Fn(u32) -> String,
+        symbols: &mut Symbolizer,
+        objects: &[LoadedObject],
+    ) -> Profile {
+        let wall = self.periods.wall_ns > 0;
+        let mut types = vec![("samples", "count"), ("cpu", "nanoseconds")];
+        if wall {
+            types.push(("wall", "nanoseconds"));
+        }
+        let mut b = ProfileBuilder::new(&types, 1);
+        b.period("cpu", "nanoseconds", self.periods.cpu_ns as i64);
+        let start = self
+            .started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let elapsed = self.started.elapsed().unwrap_or_default();
+        b.time(start.as_nanos() as i64, elapsed.as_nanos() as i64);
+        let mapping_ids: Vec<u64> = objects
+            .iter()
+            .map(|o| {
+                let m = Mapping {
+                    memory_start: o.text.start,
+                    memory_limit: o.text.end,
+                    file_offset: o.text_file_offset,
+                    has_functions: true,
+                    ..Mapping::default()
+                };
+                b.mapping(m, &o.path, &o.build_id)
+            })
+            .collect();
+        let truncated_frame = [FrameInfo {
+            name: "[truncated stack]".into(),
+            file: None,
+            line: 0,
+        }];
+        let mut dropped = 0;
+        for (&tag, profile) in &self.tags {
+            if only.is_some_and(|o| o != tag) {
+                continue;
+            }
+            dropped += profile.dropped;
+            let tag_label = b.str_label("tag", &tag_name(tag));
+            for (key, counts) in &profile.stacks {
+                let mut locations: Vec<u64> = key
+                    .frames
+                    .iter()
+                    .map(|&addr| {
+                        let mapping = objects
+                            .iter()
+                            .position(|o| o.text.contains(&addr))
+                            .map_or(0, |i| mapping_ids[i]);
+                        let frames = symbols.resolve(addr, objects);
+                        b.location(mapping, addr, &frames)
+                    })
+                    .collect();
+                if key.truncated {
+                    locations.push(b.location(0, 0, &truncated_frame));
+                }
+                let mut labels = vec![tag_label];
+                if let Some(t) = self.threads.get(&key.thread) {
+                    labels.push(b.str_label("thread_name", &t.name));
+                    labels.push(b.num_label("thread_id", t.tid));
+                }
+                match key.kind {
+                    SampleKind::Cpu => {}
+                    SampleKind::WallRunning => labels.push(b.str_label("state", "running")),
+                    SampleKind::WallWaiting => labels.push(b.str_label("state", "waiting")),
+                }
+                let mut values = vec![counts.samples as i64, counts.cpu_ns as i64];
+                if wall {
+                    values.push(counts.wall_ns as i64);
+                }
+                b.add_sample(locations, values, labels);
+            }
+        }
+        if dropped > 0 {
+            b.comment(&format!("dropped_samples={dropped}"));
+        }
+        b.finish()
+    }
+}

@@ -1,0 +1,280 @@
+//! Run-time configuration: defaults, builder values, and `PROFILER_*` environment overrides.
+//!
+//! Precedence is defaults < builder < environment, so an operator can change behaviour without
+//! a rebuild. A bad value never panics: it is reported with a warning naming the source and
+//! the value, and the default is used instead.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::diagnostics::warn;
+
+/// Default output directory.
+pub const DEFAULT_DIR: &str = "./profiles";
+/// Default time between dumps.
+pub const DEFAULT_DUMP_INTERVAL: Duration = Duration::from_secs(60);
+/// Default CPU sampling frequency in Hz.
+pub const DEFAULT_FREQUENCY: u32 = 99;
+/// Highest accepted sampling frequency in Hz.
+pub const MAX_FREQUENCY: u32 = 1000;
+/// Longest accepted dump interval (one day).
+pub const MAX_DUMP_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// The resolved configuration of a runtime.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Whether sampling and dumps run at all.
+    pub enabled: bool,
+    /// Where dump files go.
+    pub output_dir: PathBuf,
+    /// Time between dumps.
+    pub dump_interval: Duration,
+    /// CPU-time sampling frequency per thread, in Hz.
+    pub frequency: u32,
+    /// Wall-clock sampling frequency per thread, in Hz; 0 means off.
+    pub wall_frequency: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            output_dir: PathBuf::from(DEFAULT_DIR),
+            dump_interval: DEFAULT_DUMP_INTERVAL,
+            frequency: DEFAULT_FREQUENCY,
+            wall_frequency: 0,
+        }
+    }
+}
+
+/// Values set on the builder; `None` means "not set".
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Requested {
+    pub enabled: Option<bool>,
+    pub output_dir: Option<PathBuf>,
+    pub dump_interval: Option<Duration>,
+    pub frequency: Option<u32>,
+    pub wall_frequency: Option<u32>,
+}
+
+/// Where a value came from, for warnings.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Builder(&'a str),
+    Env(&'a str),
+}
+
+impl std::fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Builder(m) => write!(f, "Profiler::builder().{m}()"),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+        }
+    }
+}
+
+fn fallback<T: std::fmt::Debug>(source: Source, shown: &str, why: &str, default: T) -> T {
+    warn(
+        &format!("config:{source}:{shown}"),
+        &format!("{source} = {shown:?} is invalid ({why}); using the default {default:?}"),
+    );
+    default
+}
+
+fn check_frequency(source: Source, hz: u32, default: u32, zero_ok: bool) -> u32 {
+    if hz == 0 && !zero_ok {
+        fallback(source, "0", "must be 1..=1000 Hz", default)
+    } else if hz > MAX_FREQUENCY {
+        fallback(source, &hz.to_string(), "must be at most 1000 Hz", default)
+    } else {
+        hz
+    }
+}
+
+fn check_interval(source: Source, shown: &str, interval: Option<Duration>) -> Duration {
+    match interval {
+        Some(d) if d.is_zero() => {
+            fallback(source, shown, "must be above zero", DEFAULT_DUMP_INTERVAL)
+        }
+        Some(d) if d > MAX_DUMP_INTERVAL => fallback(
+            source,
+            shown,
+            "must be at most 86400 seconds",
+            DEFAULT_DUMP_INTERVAL,
+        ),
+        Some(d) => d,
+        None => fallback(
+            source,
+            shown,
+            "not a number of seconds",
+            DEFAULT_DUMP_INTERVAL,
+        ),
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_seconds(s: &str) -> Option<Duration> {
+    let secs: f64 = s.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e12)))
+}
+
+fn parse_hz(source: Source, s: &str, default: u32, zero_ok: bool) -> u32 {
+    match s.trim().parse::<u64>() {
+        Ok(hz) => check_frequency(
+            source,
+            u32::try_from(hz).unwrap_or(u32::MAX),
+            default,
+            zero_ok,
+        ),
+        Err(_) => fallback(source, s, "not a whole number of Hz", default),
+    }
+}
+
+impl Config {
+    /// Resolves builder values and the environment (read through `env`) into a configuration.
+    pub(crate) fn resolve(req: &Requested, env: impl Fn(&str) -> Option<String>) -> Config {
+        let mut c = Config::default();
+        if let Some(e) = req.enabled {
+            c.enabled = e;
+        }
+        if let Some(dir) = &req.output_dir {
+            if dir.as_os_str().is_empty() {
+                fallback(Source::Builder("output_dir"), "", "empty path", DEFAULT_DIR);
+            } else {
+                c.output_dir = dir.clone();
+            }
+        }
+        if let Some(d) = req.dump_interval {
+            let src = Source::Builder("dump_interval");
+            c.dump_interval = check_interval(src, &format!("{d:?}"), Some(d));
+        }
+        if let Some(hz) = req.frequency {
+            c.frequency =
+                check_frequency(Source::Builder("frequency"), hz, DEFAULT_FREQUENCY, false);
+        }
+        if let Some(hz) = req.wall_frequency {
+            c.wall_frequency = check_frequency(Source::Builder("wall_frequency"), hz, 0, true);
+        }
+
+        if let Some(v) = env("PROFILER_ENABLED") {
+            let src = Source::Env("PROFILER_ENABLED");
+            c.enabled = parse_bool(&v).unwrap_or_else(|| {
+                fallback(src, &v, "expected 1/0, true/false, yes/no, on/off", true)
+            });
+        }
+        if let Some(v) = env("PROFILER_DIR") {
+            if v.trim().is_empty() {
+                let src = Source::Env("PROFILER_DIR");
+                c.output_dir = fallback(src, &v, "empty path", PathBuf::from(DEFAULT_DIR));
+            } else {
+                c.output_dir = PathBuf::from(v);
+            }
+        }
+        if let Some(v) = env("PROFILER_DUMP_INTERVAL") {
+            c.dump_interval =
+                check_interval(Source::Env("PROFILER_DUMP_INTERVAL"), &v, parse_seconds(&v));
+        }
+        if let Some(v) = env("PROFILER_FREQUENCY") {
+            c.frequency = parse_hz(
+                Source::Env("PROFILER_FREQUENCY"),
+                &v,
+                DEFAULT_FREQUENCY,
+                false,
+            );
+        }
+        if let Some(v) = env("PROFILER_WALL_FREQUENCY") {
+            c.wall_frequency = parse_hz(Source::Env("PROFILER_WALL_FREQUENCY"), &v, 0, true);
+        }
+        c
+    }
+
+    /// Resolves builder values and the process environment.
+    pub(crate) fn from_env(req: &Requested) -> Config {
+        Config::resolve(req, |k| std::env::var(k).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_env(pairs: &[(&str, &str)]) -> Config {
+        Config::resolve(&Requested::default(), |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn environment_overrides_builder() {
+        let req = Requested {
+            frequency: Some(500),
+            output_dir: Some("/builder".into()),
+            ..Requested::default()
+        };
+        let c = Config::resolve(&req, |k| (k == "PROFILER_DIR").then(|| "/env".to_string()));
+        assert_eq!(c.output_dir, PathBuf::from("/env"));
+        assert_eq!(c.frequency, 500);
+    }
+
+    #[test]
+    fn bad_values_fall_back_to_defaults() {
+        for bad in ["0", "-5", "abc", "1001", "", "99.5"] {
+            assert_eq!(
+                with_env(&[("PROFILER_FREQUENCY", bad)]).frequency,
+                DEFAULT_FREQUENCY,
+                "{bad}"
+            );
+        }
+        for bad in ["0", "-1", "x", "NaN", "1e9", ""] {
+            let c = with_env(&[("PROFILER_DUMP_INTERVAL", bad)]);
+            assert_eq!(c.dump_interval, DEFAULT_DUMP_INTERVAL, "{bad}");
+        }
+        assert!(with_env(&[("PROFILER_ENABLED", "maybe")]).enabled);
+        assert_eq!(
+            with_env(&[("PROFILER_DIR", " ")]).output_dir,
+            PathBuf::from(DEFAULT_DIR)
+        );
+        assert_eq!(
+            with_env(&[("PROFILER_WALL_FREQUENCY", "2000")]).wall_frequency,
+            0
+        );
+    }
+
+    #[test]
+    fn good_values_are_taken() {
+        let c = with_env(&[
+            ("PROFILER_ENABLED", "off"),
+            ("PROFILER_DUMP_INTERVAL", "0.25"),
+            ("PROFILER_FREQUENCY", "1000"),
+            ("PROFILER_WALL_FREQUENCY", "0"),
+        ]);
+        assert!(!c.enabled);
+        assert_eq!(c.dump_interval, Duration::from_millis(250));
+        assert_eq!(c.frequency, 1000);
+        assert_eq!(c.wall_frequency, 0);
+    }
+
+    #[test]
+    fn bad_builder_values_fall_back() {
+        let req = Requested {
+            frequency: Some(0),
+            dump_interval: Some(Duration::ZERO),
+            wall_frequency: Some(5000),
+            ..Requested::default()
+        };
+        let c = Config::resolve(&req, |_| None);
+        assert_eq!(c.frequency, DEFAULT_FREQUENCY);
+        assert_eq!(c.dump_interval, DEFAULT_DUMP_INTERVAL);
+        assert_eq!(c.wall_frequency, 0);
+    }
+}

@@ -1,0 +1,246 @@
+//! `DumpLoop`: the background thread that drains samples and writes profile files.
+//!
+//! Every 100 ms it drains all threads' rings into the cumulative profiles; every dump interval
+//! (and on flush and shutdown) it writes `{dir}/{tag}.pb.gz` for each tag with samples and
+//! `{dir}/_merged.pb.gz`. Each file is written to a temporary file in the same directory and
+//! renamed over the old one, so a reader sees either the previous or the new complete file.
+//! A failed write is logged and retried at the next dump; the samples stay in memory.
+
+use std::fs;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::aggregate::{Aggregator, Periods};
+use crate::diagnostics::{error, warn};
+use crate::objects;
+use crate::pprof::encode_gz;
+use crate::runtime::Runtime;
+use crate::symbolize::Symbolizer;
+
+/// Name of the profile of all tags together.
+pub const MERGED_FILE: &str = "_merged.pb.gz";
+
+/// How often rings are drained between dumps.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+enum Command {
+    /// Write now and acknowledge.
+    Flush(Sender<()>),
+    /// Final drain and write, then exit.
+    Stop,
+}
+
+/// Handle to the dump thread.
+pub(crate) struct DumpLoop {
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The dump thread's state.
+struct DumpState {
+    rt: &'static Runtime,
+    aggregator: Aggregator,
+    symbols: Symbolizer,
+    dumps: u64,
+    handler_lost_reported: bool,
+}
+
+impl DumpLoop {
+    pub(crate) fn start(rt: &'static Runtime) -> std::io::Result<DumpLoop> {
+        let (tx, rx) = mpsc::channel();
+        let periods = Periods {
+            cpu_ns: 1_000_000_000 / u64::from(rt.config.frequency),
+            wall_ns: match rt.config.wall_frequency {
+                0 => 0,
+                hz => 1_000_000_000 / u64::from(hz),
+            },
+        };
+        let state = DumpState {
+            rt,
+            aggregator: Aggregator::new(periods, rt.started),
+            symbols: Symbolizer::default(),
+            dumps: 0,
+            handler_lost_reported: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("profiler-dump".into())
+            .spawn(move || state.run(rx))?;
+        Ok(DumpLoop {
+            commands: tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Writes every profile now; returns once written (or after `timeout`).
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        self.commands.send(Command::Flush(tx)).is_ok() && rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Final drain and dump, then waits (up to `timeout`) for the thread to end.
+    pub(crate) fn stop(mut self, timeout: Duration) {
+        let _ = self.commands.send(Command::Stop);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + timeout;
+        while !thread.is_finished() {
+            if Instant::now() > deadline {
+                error(
+                    "dump-stop",
+                    "the final profile dump did not finish in time; continuing without it",
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = thread.join();
+    }
+}
+
+impl DumpState {
+    fn run(mut self, commands: Receiver<Command>) {
+        let interval = self.rt.config.dump_interval;
+        let mut next_dump = Instant::now() + interval;
+        loop {
+            let wait = next_dump
+                .saturating_duration_since(Instant::now())
+                .min(DRAIN_EVERY);
+            let command = match commands.recv_timeout(wait) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
+            };
+            let due = Instant::now() >= next_dump;
+            let write = due || command.is_some();
+            self.guarded("tick", |s| s.tick(write));
+            if due {
+                // Skip intervals missed while a dump was slow rather than bursting.
+                while next_dump <= Instant::now() {
+                    next_dump += interval;
+                }
+            }
+            match command {
+                Some(Command::Flush(ack)) => {
+                    let _ = ack.send(());
+                }
+                Some(Command::Stop) => return,
+                None => {}
+            }
+        }
+    }
+
+    /// Runs `f`, turning a panic into a logged error so that the next tick still runs.
+    fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Self)) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(self))) {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error(
+                &format!("dump-panic:{what}"),
+                &format!("internal error in the profiler's {what} ({msg}); profiling continues"),
+            );
+        }
+    }
+
+    fn tick(&mut self, write: bool) {
+        #[cfg(profiler_sampling)]
+        crate::unwind::refresh();
+        if self.rt.sampling && !self.handler_lost_reported && !crate::sampler::still_installed() {
+            self.handler_lost_reported = true;
+            error(
+                "sigprof-replaced",
+                "another component replaced the profiler's SIGPROF handler; samples are no longer \
+                 recorded (two SIGPROF profilers cannot run in one process)",
+            );
+        }
+        let stats = self.aggregator.drain(&self.rt.registry.threads_to_drain());
+        if stats.newly_dropped > 0 {
+            warn(
+                "dropped-samples",
+                &format!(
+                    "{} samples were dropped because a thread's sample buffer was full",
+                    stats.newly_dropped
+                ),
+            );
+        }
+        if write {
+            self.write_all();
+        }
+    }
+
+    fn write_all(&mut self) {
+        let started = Instant::now();
+        let dir = &self.rt.config.output_dir;
+        let tags = self.aggregator.tags_with_samples();
+        if tags.is_empty() {
+            log::trace!("profile dump skipped: no samples yet");
+            return;
+        }
+        if let Err(e) = fs::create_dir_all(dir) {
+            error(
+                "dump-dir",
+                &format!(
+                    "cannot create profile directory {}: {e}; will retry at the next dump",
+                    dir.display()
+                ),
+            );
+            return;
+        }
+        let (objects, _) = objects::loaded_objects(false);
+        let registry = &self.rt.registry;
+        let name = |id: u32| registry.tag_name(id);
+        let mut files: Vec<(String, Option<u32>)> = tags
+            .iter()
+            .map(|&id| (format!("{}.pb.gz", name(id)), Some(id)))
+            .collect();
+        files.push((MERGED_FILE.to_owned(), None));
+        let mut failed = 0;
+        for (file, only) in files {
+            let profile = self
+                .aggregator
+                .to_profile(only, &name, &mut self.symbols, &objects);
+            let result = encode_gz(&profile).and_then(|bytes| write_atomic(dir, &file, &bytes));
+            if let Err(e) = result {
+                failed += 1;
+                error(
+                    "dump-write",
+                    &format!(
+                        "cannot write profile {}: {e}; samples are kept for the next dump",
+                        dir.join(&file).display()
+                    ),
+                );
+            }
+        }
+        self.dumps += 1;
+        log::trace!(
+            "profile dump {} wrote {} files ({} failed) in {:?}; {} addresses symbolized",
+            self.dumps,
+            tags.len() + 1,
+            failed,
+            started.elapsed(),
+            self.symbols.len()
+        );
+    }
+}
+
+/// Writes `bytes` to `dir/name` atomically: temporary file in `dir`, fsync, rename.
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        fs::rename(&tmp, dir.join(name))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,98 @@
+//! Runtime of the [`profiler`](https://docs.rs/profiler) crate: a per-thread sampling profiler
+//! that writes one gzipped pprof profile per thread tag.
+//!
+//! Most users depend on the `profiler` facade and never name this crate. With the `enabled`
+//! feature it holds the registry, the signal-driven sampler, aggregation, symbolization and the
+//! dump loop; without it, only the [`pprof`] types and codec (used by the `profiler` CLI).
+//!
+//! ```no_run
+//! # #[cfg(feature = "enabled")] {
+//! let _profiler = profiler_runtime::Profiler::builder()
+//!     .output_dir("/tmp/profiles")
+//!     .start()
+//!     .expect("profiler");
+//! let worker = profiler_runtime::spawn("worker", || (0..10_000_000u64).sum::<u64>());
+//! worker.join().unwrap();
+//! # }
+//! ```
+//!
+//! Layout: `handler.rs` is the signal handler and nothing else; it touches only `slot.rs`
+//! (per-thread state), `buffer.rs` (the sample ring) and `unwind.rs` (the shared unwinder).
+//! `registry.rs` owns threads and timers (`sampler.rs`); `dump.rs` drains rings into
+//! `aggregate.rs`, resolves names with `symbolize.rs` and writes files; `runtime.rs` starts and
+//! stops it all.
+
+pub mod pprof;
+
+#[cfg(feature = "enabled")]
+mod aggregate;
+#[cfg(feature = "enabled")]
+pub mod buffer;
+#[cfg(feature = "enabled")]
+pub mod config;
+#[cfg(feature = "enabled")]
+mod diagnostics;
+#[cfg(feature = "enabled")]
+mod dump;
+#[cfg(profiler_sampling)]
+mod handler;
+#[cfg(feature = "enabled")]
+mod objects;
+#[cfg(feature = "enabled")]
+mod registry;
+#[cfg(feature = "enabled")]
+mod runtime;
+#[cfg(feature = "enabled")]
+mod sampler;
+#[cfg(feature = "enabled")]
+mod slot;
+#[cfg(feature = "enabled")]
+mod symbolize;
+#[cfg(feature = "enabled")]
+pub mod tag;
+#[cfg(profiler_sampling)]
+mod unwind;
+
+#[cfg(feature = "enabled")]
+pub use config::Config;
+#[cfg(feature = "enabled")]
+pub use dump::MERGED_FILE;
+#[cfg(feature = "enabled")]
+pub use registry::ThreadGuard;
+#[cfg(feature = "enabled")]
+pub use runtime::{
+    current_config, enter, flush, live_threads, shutdown, Profiler, ProfilerBuilder, StartError,
+};
+#[cfg(feature = "enabled")]
+pub use sampler::SignalError;
+
+/// Runs `f` on the current thread, registered under `tag` for its duration (also if it
+/// panics). Use it for `main` or any thread you did not spawn yourself.
+#[cfg(feature = "enabled")]
+pub fn run<T>(tag: &str, f: impl FnOnce() -> T) -> T {
+    let _guard = enter(tag);
+    f()
+}
+
+/// Spawns a thread named after `tag`, registered under `tag` while `f` runs.
+///
+/// # Panics
+/// Like [`std::thread::spawn`], if the OS cannot create a thread.
+#[cfg(feature = "enabled")]
+pub fn spawn<T, F>(tag: &str, f: F) -> std::thread::JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let owned = tag.to_owned();
+    std::thread::Builder::new()
+        .name(thread_name(tag))
+        .spawn(move || run(&owned, f))
+        .expect("failed to spawn thread")
+}
+
+/// A thread name for `tag`: std refuses names with NUL bytes, so those are replaced.
+#[cfg(feature = "enabled")]
+fn thread_name(tag: &str) -> String {
+    tag.replace('\0', "_")
+}

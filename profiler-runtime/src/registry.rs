@@ -1,0 +1,343 @@
+//! The registry of profiled threads: who is registered under which tag, and their timers.
+//!
+//! A thread registers with [`Registry::enter`] (through `profiler::enter`, `run`, `spawn` or the
+//! attribute). Its first registration allocates its [`ThreadSlot`], publishes it to the signal
+//! handler and starts its timers; nested registrations only switch the tag in force. When the
+//! last guard of the thread drops (return or panic), the timers are deleted, the slot is
+//! unpublished and handed to the dump thread for a final drain, so no sample is lost.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{compiler_fence, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::Config;
+use crate::diagnostics::warn;
+use crate::sampler::{self, ThreadTimers};
+use crate::slot::{ThreadSlot, CURRENT_SLOT};
+use crate::tag;
+
+/// A registered thread as the dump side sees it.
+#[derive(Clone)]
+pub(crate) struct ThreadRecord {
+    /// Registration id, unique for the process's life.
+    pub id: u64,
+    /// OS thread id.
+    pub tid: i64,
+    /// Thread name (or `tid-N` for unnamed threads).
+    pub name: String,
+    pub slot: Arc<ThreadSlot>,
+}
+
+struct LiveThread {
+    record: ThreadRecord,
+    timers: Option<ThreadTimers>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tags: Vec<String>,
+    tag_ids: HashMap<String, u32>,
+    threads: HashMap<u64, LiveThread>,
+    retired: Vec<ThreadRecord>,
+    next_id: u64,
+    /// Whether new timers may be created (false after shutdown).
+    sampling: bool,
+}
+
+/// Registered threads and interned tags.
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+    cpu_hz: u32,
+    wall_hz: u32,
+}
+
+/// This thread's registration, kept in TLS.
+struct Registration {
+    id: u64,
+    slot: Arc<ThreadSlot>,
+    /// (guard id, tag id), innermost last.
+    guards: Vec<(u64, u32)>,
+    next_guard: u64,
+    registry: &'static Registry,
+}
+
+thread_local! {
+    static REGISTRATION: RefCell<Option<Registration>> = const { RefCell::new(None) };
+}
+
+/// Keeps the current thread registered under a tag; dropping it ends that registration.
+///
+/// Returned by `profiler::enter`. Nested guards on one thread stack: the innermost tag is in
+/// force, and the outer one is restored when it drops. The guard is `!Send`: it belongs to
+/// the thread that created it.
+#[must_use = "the thread is unregistered as soon as the guard is dropped"]
+pub struct ThreadGuard {
+    id: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl ThreadGuard {
+    /// A guard that registered nothing (profiling disabled or stopped).
+    pub(crate) fn inert() -> ThreadGuard {
+        ThreadGuard {
+            id: 0,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Whether this guard registered the thread (false when profiling is off).
+    pub fn is_active(&self) -> bool {
+        self.id != 0
+    }
+}
+
+impl std::fmt::Debug for ThreadGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadGuard")
+            .field("active", &self.is_active())
+            .finish()
+    }
+}
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        if self.id == 0 {
+            return;
+        }
+        let ended = REGISTRATION.try_with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let reg = cell.as_mut()?;
+            reg.guards.retain(|&(g, _)| g != self.id);
+            match reg.guards.last() {
+                Some(&(_, tag)) => {
+                    reg.slot.current_tag.store(tag, Ordering::Relaxed);
+                    None
+                }
+                None => cell.take(),
+            }
+        });
+        // Dropped outside the borrow: unregistering takes the registry lock and logs.
+        drop(ended);
+    }
+}
+
+impl Drop for Registration {
+    /// Runs when the last guard drops, or as a TLS destructor if a guard was leaked.
+    fn drop(&mut self) {
+        self.registry.unregister(self.id);
+        // Timers are deleted; clear the handler's pointer before the slot can be freed.
+        // SAFETY-relevant ordering: the handler runs on this thread, so a compiler fence
+        // suffices to keep the store before the `Arc` release below.
+        let _ = CURRENT_SLOT.try_with(|c| c.set(std::ptr::null()));
+        compiler_fence(Ordering::SeqCst);
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(config: &Config, sampling: bool) -> Registry {
+        Registry {
+            inner: Mutex::new(Inner {
+                sampling,
+                next_id: 1,
+                ..Inner::default()
+            }),
+            cpu_hz: config.frequency,
+            wall_hz: config.wall_frequency,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn intern(inner: &mut Inner, raw: &str) -> u32 {
+        let safe = if tag::is_safe(raw) {
+            raw.to_owned()
+        } else {
+            let s = tag::sanitize(raw);
+            let shown: String = raw.chars().take(80).collect();
+            warn(
+                &format!("tag:{shown}"),
+                &format!(
+                    "tag {shown:?} is not a safe file name ([A-Za-z0-9][A-Za-z0-9._-]{{0,63}}); \
+                     profiling it as {s:?}"
+                ),
+            );
+            s
+        };
+        if let Some(&id) = inner.tag_ids.get(&safe) {
+            return id;
+        }
+        let id = inner.tags.len() as u32;
+        inner.tags.push(safe.clone());
+        inner.tag_ids.insert(safe, id);
+        id
+    }
+
+    /// The tag name of `id`.
+    pub(crate) fn tag_name(&self, id: u32) -> String {
+        self.lock()
+            .tags
+            .get(id as usize)
+            .cloned()
+            .unwrap_or_else(|| tag::UNTAGGED.to_owned())
+    }
+
+    /// Registers the calling thread under `raw_tag`.
+    pub(crate) fn enter(&'static self, raw_tag: &str) -> ThreadGuard {
+        let (tag_id, tag_name, same_tag_threads) = {
+            let mut inner = self.lock();
+            let id = Self::intern(&mut inner, raw_tag);
+            let same = inner
+                .threads
+                .values()
+                .filter(|t| t.record.slot.tag() == id)
+                .count();
+            (id, inner.tags[id as usize].clone(), same)
+        };
+        let nested = REGISTRATION.try_with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let reg = cell.as_mut()?;
+            reg.next_guard += 1;
+            let guard = reg.next_guard;
+            reg.guards.push((guard, tag_id));
+            reg.slot.current_tag.store(tag_id, Ordering::Relaxed);
+            Some(guard)
+        });
+        match nested {
+            Ok(Some(guard)) => {
+                log::debug!("thread switched to tag {tag_name:?} (nested registration)");
+                return ThreadGuard {
+                    id: guard,
+                    _not_send: PhantomData,
+                };
+            }
+            Ok(None) => {}
+            Err(_) => return ThreadGuard::inert(), // thread is exiting
+        }
+        if same_tag_threads > 0 {
+            log::debug!(
+                "tag {tag_name:?} now has {} live threads; their samples go into one profile, \
+                 labelled by thread",
+                same_tag_threads + 1
+            );
+        }
+        self.register_thread(tag_id, &tag_name)
+    }
+
+    fn register_thread(&'static self, tag_id: u32, tag_name: &str) -> ThreadGuard {
+        let current = std::thread::current();
+        let tid = sampler::thread_id();
+        let name = current
+            .name()
+            .map_or_else(|| format!("tid-{tid}"), str::to_owned);
+        let wall_period = if self.wall_hz > 0 {
+            1_000_000_000 / u64::from(self.wall_hz)
+        } else {
+            0
+        };
+        let slot = Arc::new(ThreadSlot::new(
+            tag_id,
+            sampler::stack_top(),
+            wall_period,
+            sampler::thread_cpu_ns(),
+        ));
+        let id = {
+            let mut inner = self.lock();
+            let id = inner.next_id;
+            inner.next_id += 1;
+            let record = ThreadRecord {
+                id,
+                tid,
+                name: name.clone(),
+                slot: slot.clone(),
+            };
+            // Publish the slot before the first timer can fire.
+            let _ = CURRENT_SLOT.try_with(|c| c.set(Arc::as_ptr(&slot)));
+            compiler_fence(Ordering::SeqCst);
+            let timers = if inner.sampling {
+                match ThreadTimers::start(self.cpu_hz, self.wall_hz) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        warn(
+                            "timer_create",
+                            &format!("cannot create a sampling timer for thread {name:?}: {e}; it is registered but not sampled"),
+                        );
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            inner.threads.insert(id, LiveThread { record, timers });
+            id
+        };
+        log::debug!("registered thread {name:?} (tid {tid}) under tag {tag_name:?}");
+        let registration = Registration {
+            id,
+            slot,
+            guards: vec![(1, tag_id)],
+            next_guard: 1,
+            registry: self,
+        };
+        let stored = REGISTRATION.try_with(|cell| *cell.borrow_mut() = Some(registration));
+        if stored.is_err() {
+            // TLS is being torn down: `registration` was dropped, which unregistered it.
+            return ThreadGuard::inert();
+        }
+        ThreadGuard {
+            id: 1,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Stops sampling thread `id` and queues its slot for a final drain.
+    fn unregister(&self, id: u64) {
+        let mut inner = self.lock();
+        if let Some(t) = inner.threads.remove(&id) {
+            drop(t.timers); // deletes the timers
+            log::debug!(
+                "unregistered thread {:?} (tid {})",
+                t.record.name,
+                t.record.tid
+            );
+            inner.retired.push(t.record);
+        }
+    }
+
+    /// Live and just-unregistered threads, for draining; the latter are handed over once.
+    pub(crate) fn threads_to_drain(&self) -> Vec<ThreadRecord> {
+        let mut inner = self.lock();
+        let mut out: Vec<ThreadRecord> = std::mem::take(&mut inner.retired);
+        out.extend(inner.threads.values().map(|t| t.record.clone()));
+        out
+    }
+
+    /// Live threads: (tag, thread name, tid).
+    pub(crate) fn live_threads(&self) -> Vec<(String, String, i64)> {
+        let inner = self.lock();
+        inner
+            .threads
+            .values()
+            .map(|t| {
+                let tag = inner.tags.get(t.record.slot.tag() as usize);
+                (
+                    tag.cloned().unwrap_or_default(),
+                    t.record.name.clone(),
+                    t.record.tid,
+                )
+            })
+            .collect()
+    }
+
+    /// Deletes every timer and creates no more (shutdown).
+    pub(crate) fn stop_sampling(&self) {
+        let mut inner = self.lock();
+        inner.sampling = false;
+        for t in inner.threads.values_mut() {
+            t.timers = None;
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The process-wide runtime: started once (explicitly with [`Profiler::builder`], or lazily by
+//! the first registration), stopped once (handle dropped, [`shutdown`], or process exit).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{Config, Requested};
+use crate::diagnostics::{error, warn};
+use crate::dump::DumpLoop;
+use crate::registry::{Registry, ThreadGuard};
+use crate::sampler::{self, SignalError};
+
+const NOT_STARTED: u8 = 0;
+const RUNNING: u8 = 1;
+const DISABLED: u8 = 2;
+const STOPPED: u8 = 3;
+
+/// Fast-path state: `enter` reads this one atomic before doing anything.
+static PHASE: AtomicU8 = AtomicU8::new(NOT_STARTED);
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static START_LOCK: Mutex<()> = Mutex::new(());
+static START_PID: OnceLock<u32> = OnceLock::new();
+
+/// How long shutdown waits for the final dump.
+const FINAL_DUMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct Runtime {
+    pub config: Config,
+    pub registry: Registry,
+    pub started: SystemTime,
+    /// Whether the signal handler is installed (false when unsupported or refused).
+    pub sampling: bool,
+    dump: Mutex<Option<DumpLoop>>,
+}
+
+/// Why [`ProfilerBuilder::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The runtime was already started, explicitly or by the first registered thread.
+    #[error(
+        "the profiler runtime is already running (started by an earlier start() or lazily by the \
+         first registered thread); call Profiler::builder()...start() before registering threads"
+    )]
+    AlreadyStarted,
+    /// The runtime was shut down; it cannot be restarted in this process.
+    #[error("the profiler runtime was shut down and cannot be restarted in this process")]
+    Stopped,
+    /// The SIGPROF handler could not be installed.
+    #[error("cannot start sampling: {0}")]
+    Signal(#[from] SignalError),
+    /// The dump thread could not be spawned.
+    #[error("cannot spawn the profile dump thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Configures and starts the profiler runtime. Environment variables (`PROFILER_*`) override
+/// what is set here.
+#[derive(Debug, Default, Clone)]
+#[must_use = "call .start() to start the profiler"]
+pub struct ProfilerBuilder {
+    req: Requested,
+}
+
+/// Handle to the running profiler. Dropping it stops sampling and writes the final dumps.
+#[must_use = "dropping the Profiler handle stops profiling and writes the final dump at once"]
+#[derive(Debug)]
+pub struct Profiler {
+    config: Config,
+}
+
+impl Profiler {
+    /// A builder with the defaults (see [`Config`]).
+    pub fn builder() -> ProfilerBuilder {
+        ProfilerBuilder::default()
+    }
+
+    /// The configuration in force, after environment overrides.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        shutdown();
+    }
+}
+
+impl ProfilerBuilder {
+    /// Directory for dump files (default `./profiles`, created if missing).
+    pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.req.output_dir = Some(dir.into());
+        self
+    }
+
+    /// Time between dumps (default 60 s).
+    pub fn dump_interval(mut self, interval: Duration) -> Self {
+        self.req.dump_interval = Some(interval);
+        self
+    }
+
+    /// CPU-time samples per second of each registered thread's CPU time (1..=1000, default 99).
+    pub fn frequency(mut self, hz: u32) -> Self {
+        self.req.frequency = Some(hz);
+        self
+    }
+
+    /// Wall-clock samples per second per registered thread (0..=1000, default 0 = off).
+    pub fn wall_frequency(mut self, hz: u32) -> Self {
+        self.req.wall_frequency = Some(hz);
+        self
+    }
+
+    /// Whether to profile at all (default true). When false, registration is one atomic load.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.req.enabled = Some(enabled);
+        self
+    }
+
+    /// Starts the runtime.
+    pub fn start(self) -> Result<Profiler, StartError> {
+        let _lock = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        match PHASE.load(Ordering::Acquire) {
+            NOT_STARTED => {}
+            STOPPED => return Err(StartError::Stopped),
+            _ => return Err(StartError::AlreadyStarted),
+        }
+        let config = Config::from_env(&self.req);
+        start_locked(config.clone())?;
+        Ok(Profiler { config })
+    }
+}
+
+extern "C" fn at_exit() {
+    // A forked child that exits must not wait for a dump thread it does not have.
+    if START_PID.get() == Some(&std::process::id()) {
+        let _ = std::panic::catch_unwind(shutdown);
+    }
+}
+
+/// Starts with `config`; the caller holds START_LOCK and saw NOT_STARTED.
+fn start_locked(config: Config) -> Result<(), StartError> {
+    if !config.enabled {
+        log::debug!("profiler disabled by configuration");
+        PHASE.store(DISABLED, Ordering::Release);
+        return Ok(());
+    }
+    let sampling = match sampler::install() {
+        Ok(()) => true,
+        Err(SignalError::Unsupported) => {
+            warn("unsupported", &SignalError::Unsupported.to_string());
+            false
+        }
+        Err(e) => return Err(e.into()),
+    };
+    #[cfg(profiler_sampling)]
+    crate::unwind::refresh();
+    let rt = Runtime {
+        registry: Registry::new(&config, sampling),
+        started: SystemTime::now(),
+        sampling,
+        dump: Mutex::new(None),
+        config,
+    };
+    let rt: &'static Runtime = match RUNTIME.set(rt) {
+        Ok(()) => RUNTIME.get().ok_or(StartError::AlreadyStarted)?,
+        Err(_) => return Err(StartError::AlreadyStarted),
+    };
+    let dump = DumpLoop::start(rt).map_err(StartError::Thread)?;
+    *rt.dump.lock().unwrap_or_else(|e| e.into_inner()) = Some(dump);
+    if START_PID.set(std::process::id()).is_ok() {
+        // SAFETY: at_exit is an extern "C" fn with no arguments that never unwinds.
+        unsafe { libc::atexit(at_exit) };
+    }
+    log::debug!(
+        "profiler started: dir {}, every {:?}, {} Hz CPU, {} Hz wall",
+        rt.config.output_dir.display(),
+        rt.config.dump_interval,
+        rt.config.frequency,
+        rt.config.wall_frequency
+    );
+    PHASE.store(RUNNING, Ordering::Release);
+    Ok(())
+}
+
+/// The running runtime, starting it from defaults and the environment on first use.
+fn active() -> Option<&'static Runtime> {
+    match PHASE.load(Ordering::Acquire) {
+        RUNNING => RUNTIME.get(),
+        NOT_STARTED => {
+            let _lock = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            if PHASE.load(Ordering::Acquire) == NOT_STARTED {
+                if let Err(e) = start_locked(Config::from_env(&Requested::default())) {
+                    error("lazy-start", &format!("profiling is off: {e}"));
+                    PHASE.store(DISABLED, Ordering::Release);
+                }
+            }
+            drop(_lock);
+            (PHASE.load(Ordering::Acquire) == RUNNING)
+                .then(|| RUNTIME.get())
+                .flatten()
+        }
+        _ => None,
+    }
+}
+
+/// Registers the current thread under `tag` until the returned guard drops.
+///
+/// Starts the runtime from defaults and `PROFILER_*` variables if nothing started it yet. Tags
+/// that are not safe file names are sanitised with a warning (see [`crate::tag`]). When
+/// profiling is disabled or stopped this costs one atomic load and returns an inert guard.
+pub fn enter(tag: &str) -> ThreadGuard {
+    match active() {
+        Some(rt) => rt.registry.enter(tag),
+        None => ThreadGuard::inert(),
+    }
+}
+
+/// Writes every profile now and waits until the files are written (at most 10 s). Returns
+/// false if the runtime is not running or the dump did not finish in time.
+pub fn flush() -> bool {
+    let Some(rt) = RUNTIME.get() else {
+        return false;
+    };
+    if PHASE.load(Ordering::Acquire) != RUNNING {
+        return false;
+    }
+    let dump = rt.dump.lock().unwrap_or_else(|e| e.into_inner());
+    dump.as_ref().is_some_and(|d| d.flush(FINAL_DUMP_TIMEOUT))
+}
+
+/// Stops sampling and writes the final dumps. Later registrations are no-ops; calling it
+/// again does nothing. Also runs at normal process exit and when the [`Profiler`] drops.
+pub fn shutdown() {
+    let _lock = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if PHASE.swap(STOPPED, Ordering::AcqRel) != RUNNING {
+        return;
+    }
+    let Some(rt) = RUNTIME.get() else { return };
+    rt.registry.stop_sampling();
+    let dump = rt.dump.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(d) = dump {
+        d.stop(FINAL_DUMP_TIMEOUT);
+    }
+    log::debug!("profiler stopped");
+}
+
+/// Live registered threads as `(tag, thread name, OS thread id)`.
+pub fn live_threads() -> Vec<(String, String, i64)> {
+    RUNTIME
+        .get()
+        .map(|rt| rt.registry.live_threads())
+        .unwrap_or_default()
+}
+
+/// The configuration in force, if the runtime was started.
+pub fn current_config() -> Option<Config> {
+    RUNTIME.get().map(|rt| rt.config.clone())
+}

@@ -1,0 +1,88 @@
+//! `ThreadSlot`: everything the signal handler touches for one registered thread.
+//!
+//! The registering thread creates its slot (allocating the ring and the unwind cache up front)
+//! and publishes a pointer to it in [`CURRENT_SLOT`], a thread-local the handler reads. Only
+//! that thread's handler writes into the slot's handler state; the dump thread only drains the
+//! ring. The pointer is cleared before the slot can be freed, and since the handler runs on the
+//! same thread as the code that clears it, the handler never sees a dangling slot.
+
+use std::cell::{Cell, UnsafeCell};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::buffer::SampleBuffer;
+
+/// Ring size per thread, in 64-bit words (256 KiB): about 1 s of deep stacks at 1000 Hz, while
+/// the dump thread drains every 100 ms.
+pub const BUFFER_WORDS: usize = 1 << 15;
+
+thread_local! {
+    /// The slot of this thread while it is registered, else null. Const-initialised and
+    /// without a destructor, so reading it is a plain TLS load: async-signal-safe.
+    pub(crate) static CURRENT_SLOT: Cell<*const ThreadSlot> = const { Cell::new(std::ptr::null()) };
+}
+
+/// State only the handler of the owning thread uses.
+pub(crate) struct HandlerState {
+    #[cfg(profiler_sampling)]
+    pub unwind_cache: Box<crate::unwind::Cache>,
+    /// The thread's CPU time at its previous wall sample, in ns (for the `state` label).
+    pub last_wall_cpu_ns: u64,
+}
+
+/// One registered thread's sampling state.
+pub struct ThreadSlot {
+    pub(crate) buffer: SampleBuffer,
+    /// Tag id in force; changed by nested `enter` on the owning thread.
+    pub(crate) current_tag: AtomicU32,
+    /// Highest stack address of the thread (exclusive); reads above it are refused.
+    pub(crate) stack_top: AtomicU64,
+    /// Wall-clock sampling period in ns (0 when wall sampling is off).
+    pub(crate) wall_period_ns: u64,
+    handler: UnsafeCell<HandlerState>,
+}
+
+// SAFETY: `handler` is only accessed by the signal handler running on the owning thread (see
+// `handler_state`); every other field is atomic or immutable after construction.
+unsafe impl Sync for ThreadSlot {}
+// SAFETY: as above; moving the slot between threads moves no thread-affine data.
+unsafe impl Send for ThreadSlot {}
+
+impl ThreadSlot {
+    /// A slot for the calling thread, with all memory the handler needs allocated now.
+    /// `thread_cpu_ns` is the thread's CPU time now, the base of its first wall sample.
+    pub(crate) fn new(
+        tag: u32,
+        stack_top: u64,
+        wall_period_ns: u64,
+        thread_cpu_ns: u64,
+    ) -> ThreadSlot {
+        ThreadSlot {
+            buffer: SampleBuffer::new(BUFFER_WORDS),
+            current_tag: AtomicU32::new(tag),
+            stack_top: AtomicU64::new(stack_top),
+            wall_period_ns,
+            handler: UnsafeCell::new(HandlerState {
+                #[cfg(profiler_sampling)]
+                unwind_cache: Box::default(),
+                last_wall_cpu_ns: thread_cpu_ns,
+            }),
+        }
+    }
+
+    /// The handler's private state.
+    ///
+    /// # Safety
+    /// Only the signal handler running on the thread that owns this slot may call this, and it
+    /// must not hold two results at once. SIGPROF is blocked while its handler runs, so the
+    /// handler cannot re-enter itself and no other code touches this state.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn handler_state(&self) -> &mut HandlerState {
+        // SAFETY: exclusivity is the caller's contract above.
+        unsafe { &mut *self.handler.get() }
+    }
+
+    /// Tag id in force.
+    pub(crate) fn tag(&self) -> u32 {
+        self.current_tag.load(Ordering::Relaxed)
+    }
+}

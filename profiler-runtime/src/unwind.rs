@@ -1,0 +1,102 @@
+//! The process-wide unwinder the signal handler uses, and its safe replacement.
+//!
+//! The dump thread builds a framehop unwinder from the loaded objects' `.eh_frame` data (DWARF
+//! CFI, which every Rust build with `panic = "unwind"` carries, so release builds need no
+//! frame pointers) and publishes it through an atomic pointer. When objects are loaded or
+//! unloaded it builds a new one, swaps it in, waits until no handler is still using the old one
+//! (a count of handlers in flight), and frees it.
+
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use framehop::{ExplicitModuleSectionInfo, MustNotAllocateDuringUnwind, Unwinder as _};
+
+use crate::objects::{self, Generation};
+
+/// The unwinder: section data owned in `Vec`s, no allocation while unwinding.
+pub(crate) type Unwinder = framehop::UnwinderNative<Vec<u8>, MustNotAllocateDuringUnwind>;
+/// Per-thread unwind rule cache, allocated at registration.
+pub(crate) type Cache = framehop::CacheNative<MustNotAllocateDuringUnwind>;
+
+static CURRENT: AtomicPtr<Unwinder> = AtomicPtr::new(std::ptr::null_mut());
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static BUILT_FOR: Mutex<Option<Generation>> = Mutex::new(None);
+
+/// Held by the handler while it unwinds; keeps the current unwinder alive.
+pub(crate) struct UnwinderUse(*const Unwinder);
+
+impl UnwinderUse {
+    /// Async-signal-safe: two atomic operations.
+    #[inline]
+    pub(crate) fn begin() -> UnwinderUse {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        UnwinderUse(CURRENT.load(Ordering::SeqCst))
+    }
+
+    /// The unwinder, if one was built.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&Unwinder> {
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `refresh`, and `refresh`
+        // frees a replaced unwinder only after IN_FLIGHT returned to zero, which cannot happen
+        // while this `UnwinderUse` (counted in IN_FLIGHT) is alive.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for UnwinderUse {
+    #[inline]
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn build() -> (Unwinder, Generation) {
+    let (objs, generation) = objects::loaded_objects(true);
+    let mut unwinder = Unwinder::new();
+    for o in objs {
+        let (Some((hdr_addr, hdr)), Some((eh_addr, eh))) = (o.eh_frame_hdr, o.eh_frame) else {
+            continue;
+        };
+        let svma = |avma: u64, len: usize| avma - o.bias..avma - o.bias + len as u64;
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: Some(o.text.start - o.bias..o.text.end - o.bias),
+            eh_frame_hdr_svma: Some(svma(hdr_addr, hdr.len())),
+            eh_frame_svma: Some(svma(eh_addr, eh.len())),
+            eh_frame_hdr: Some(hdr),
+            eh_frame: Some(eh),
+            ..ExplicitModuleSectionInfo::default()
+        };
+        unwinder.add_module(framehop::Module::new(o.path, o.text, o.bias, info));
+    }
+    (unwinder, generation)
+}
+
+/// Builds the unwinder if none exists or objects were loaded/unloaded since the last build.
+/// Called on the registering thread before its timers start, and by the dump thread.
+pub(crate) fn refresh() {
+    let mut built = BUILT_FOR.lock().unwrap_or_else(|e| e.into_inner());
+    let now = objects::generation();
+    if *built == Some(now) && !CURRENT.load(Ordering::SeqCst).is_null() {
+        return;
+    }
+    let (unwinder, generation) = build();
+    *built = Some(generation);
+    let old = CURRENT.swap(Box::into_raw(Box::new(unwinder)), Ordering::SeqCst);
+    if old.is_null() {
+        return;
+    }
+    // Handlers that loaded `old` are counted in IN_FLIGHT; new ones see the new pointer.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
+        if Instant::now() > deadline {
+            log::debug!("unwinder still in use after 1 s; leaking the replaced one");
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // SAFETY: `old` came from Box::into_raw, is no longer reachable through CURRENT, and no
+    // handler holds it (IN_FLIGHT was zero after the swap).
+    drop(unsafe { Box::from_raw(old) });
+}

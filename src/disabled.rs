@@ -1,0 +1,152 @@
+//! The API with the `enabled` feature off: same names and signatures, no work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Name of the merged profile file.
+pub const MERGED_FILE: &str = "_merged.pb.gz";
+
+/// The configuration (feature off: the defaults, never used).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Whether sampling and dumps run at all (always false here).
+    pub enabled: bool,
+    /// Where dump files would go.
+    pub output_dir: PathBuf,
+    /// Time between dumps.
+    pub dump_interval: Duration,
+    /// CPU sampling frequency in Hz.
+    pub frequency: u32,
+    /// Wall-clock sampling frequency in Hz; 0 means off.
+    pub wall_frequency: u32,
+}
+
+/// Why the profiler could not start (never happens with the feature off).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Registration guard (feature off: zero-sized, does nothing).
+#[must_use = "the thread is unregistered as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct ThreadGuard {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl ThreadGuard {
+    /// Always false: nothing is registered with the feature off.
+    pub fn is_active(&self) -> bool {
+        false
+    }
+}
+
+/// Builder (feature off: records nothing, starts nothing).
+#[derive(Debug, Default, Clone)]
+#[must_use = "call .start() to start the profiler"]
+pub struct ProfilerBuilder;
+
+/// Profiler handle (feature off: does nothing).
+#[must_use = "dropping the Profiler handle stops profiling and writes the final dump at once"]
+#[derive(Debug)]
+pub struct Profiler {
+    config: Config,
+}
+
+impl Profiler {
+    /// A builder.
+    pub fn builder() -> ProfilerBuilder {
+        ProfilerBuilder
+    }
+
+    /// The configuration (the defaults, with `enabled` false).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl ProfilerBuilder {
+    /// No effect with the feature off.
+    pub fn output_dir(self, _dir: impl Into<PathBuf>) -> Self {
+        self
+    }
+    /// No effect with the feature off.
+    pub fn dump_interval(self, _interval: Duration) -> Self {
+        self
+    }
+    /// No effect with the feature off.
+    pub fn frequency(self, _hz: u32) -> Self {
+        self
+    }
+    /// No effect with the feature off.
+    pub fn wall_frequency(self, _hz: u32) -> Self {
+        self
+    }
+    /// No effect with the feature off.
+    pub fn enabled(self, _enabled: bool) -> Self {
+        self
+    }
+    /// Returns an inert handle.
+    pub fn start(self) -> Result<Profiler, StartError> {
+        Ok(Profiler {
+            config: Config {
+                enabled: false,
+                output_dir: PathBuf::from("./profiles"),
+                dump_interval: Duration::from_secs(60),
+                frequency: 99,
+                wall_frequency: 0,
+            },
+        })
+    }
+}
+
+/// Returns an inert guard.
+#[inline(always)]
+pub fn enter(_tag: &str) -> ThreadGuard {
+    ThreadGuard {
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// Calls `f`.
+#[inline(always)]
+pub fn run<T>(_tag: &str, f: impl FnOnce() -> T) -> T {
+    f()
+}
+
+/// Spawns a thread named after `tag` running `f`, like [`std::thread::spawn`].
+///
+/// # Panics
+/// Like [`std::thread::spawn`], if the OS cannot create a thread.
+pub fn spawn<T, F>(tag: &str, f: F) -> std::thread::JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(tag.replace('\0', "_"))
+        .spawn(f)
+        .expect("failed to spawn thread")
+}
+
+/// Returns false: nothing to write.
+#[inline(always)]
+pub fn flush() -> bool {
+    false
+}
+
+/// Does nothing.
+#[inline(always)]
+pub fn shutdown() {}
+
+/// Always empty.
+pub fn live_threads() -> Vec<(String, String, i64)> {
+    Vec::new()
+}

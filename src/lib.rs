@@ -1,0 +1,54 @@
+//! Per-thread sampling profiler for long-running Rust services: one standard pprof profile per
+//! tagged thread, written to a directory every interval, with no CLI and no restart.
+//!
+//! ```
+//! use profiler::profiled_thread;
+//!
+//! #[profiled_thread(tag = "ip_manager")]
+//! fn run_ip_monitor(rounds: u64) -> u64 {
+//!     (0..rounds).map(|i| i * i).sum()
+//! }
+//!
+//! let monitor = std::thread::spawn(|| run_ip_monitor(1_000_000));
+//! let worker = profiler::spawn("async_worker1", || (0..1_000_000u64).sum::<u64>());
+//! let total = profiler::run("main_worker", || monitor.join().unwrap() + worker.join().unwrap());
+//! assert!(total > 0);
+//! ```
+//!
+//! Everything is behind the `enabled` cargo feature (off by default). Off, the attribute
+//! returns the function untouched and [`spawn`], [`run`], [`enter`] and the builder are
+//! pass-throughs that compile to nothing; no runtime code or dependency is built. On, the first
+//! registration starts the runtime from defaults and `PROFILER_*` environment variables (or
+//! start it yourself with [`Profiler::builder`]); it samples each registered thread on its own
+//! CPU-time clock and writes `{dir}/{tag}.pb.gz` plus `{dir}/_merged.pb.gz` every interval.
+//!
+//! Wire the feature to one of your own: `[features] profiling = ["profiler/enabled"]`.
+
+/// Registers the current thread under a tag while the function runs.
+///
+/// `#[profiled_thread(tag = "ip_manager")]` on a free function, associated function or method:
+/// while it runs, the calling thread is registered under the tag and sampled; on return or
+/// panic it is unregistered and its samples are kept. Without `tag`, the function's name is the
+/// tag. `crate = "path"` names the `profiler` crate if you renamed the dependency. With the
+/// `enabled` feature off, the function is returned untouched.
+pub use profiler_macros::profiled_thread;
+
+#[cfg(feature = "enabled")]
+pub use profiler_runtime::{
+    enter, flush, live_threads, pprof, run, shutdown, spawn, Config, Profiler, ProfilerBuilder,
+    StartError, ThreadGuard, MERGED_FILE,
+};
+
+#[cfg(not(feature = "enabled"))]
+mod disabled;
+#[cfg(not(feature = "enabled"))]
+pub use disabled::{
+    enter, flush, live_threads, run, shutdown, spawn, Config, Profiler, ProfilerBuilder,
+    StartError, ThreadGuard, MERGED_FILE,
+};
+
+/// Support for the code `#[profiled_thread]` generates. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::enter;
+}
