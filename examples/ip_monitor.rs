@@ -23,7 +23,7 @@ fn spin(rounds: u64) -> u64 {
 
 #[inline(never)]
 fn scan_interfaces() -> u64 {
-    black_box(spin(3_000_000)) ^ black_box(spin(1_000))
+    black_box(spin(3_000_000)).rotate_left(9) ^ black_box(spin(4_000))
 }
 
 #[inline(never)]
@@ -49,12 +49,12 @@ fn parse_packets(rounds: u64) -> u64 {
 
 #[inline(never)]
 fn compress_batches(rounds: u64) -> u64 {
-    black_box(spin(rounds)) ^ black_box(spin(1_000))
+    black_box(spin(rounds)).wrapping_mul(3) ^ black_box(spin(2_000))
 }
 
 #[inline(never)]
 fn reconcile_routes() -> u64 {
-    black_box(spin(1_000_000)) ^ black_box(spin(1_000))
+    black_box(spin(1_000_000)).wrapping_add(7) ^ black_box(spin(3_000))
 }
 
 fn worker(until: Instant, work: fn(u64) -> u64) -> u64 {

@@ -19,13 +19,13 @@ struct Arg {
 impl Parse for Arg {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let key = input.call(syn::ext::IdentExt::parse_any)?;
-        let eq: Token![=] = input.parse().map_err(|e| {
-            Error::new(
-                e.span(),
+        if !input.peek(Token![=]) {
+            return Err(Error::new_spanned(
+                &key,
                 format!("expected `{key} = \"...\"`: arguments are written `key = \"value\"`"),
-            )
-        })?;
-        let _ = eq;
+            ));
+        }
+        input.parse::<Token![=]>()?;
         Ok(Arg {
             key,
             value: input.parse()?,

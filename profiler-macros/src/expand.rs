@@ -15,6 +15,12 @@ fn with_error(item: TokenStream, error: Error) -> TokenStream {
 }
 
 fn not_a_function(item: &TokenStream) -> Error {
+    if syn::parse2::<syn::TraitItemFn>(item.clone()).is_ok() {
+        return Error::new_spanned(
+            item,
+            "#[profiled_thread] needs a function body; annotate the trait method's implementation instead",
+        );
+    }
     let what = match syn::parse2::<syn::Item>(item.clone()) {
         Ok(syn::Item::Struct(_)) => "a struct",
         Ok(syn::Item::Enum(_)) => "an enum",
@@ -23,14 +29,9 @@ fn not_a_function(item: &TokenStream) -> Error {
         Ok(syn::Item::Trait(_)) => "a trait",
         _ => "this item",
     };
-    let hint = if syn::parse2::<syn::TraitItemFn>(item.clone()).is_ok() {
-        " (a trait method without a body cannot be profiled; annotate the implementation)"
-    } else {
-        ""
-    };
     Error::new_spanned(
         item,
-        format!("#[profiled_thread] goes on a function with a body, not on {what}{hint}"),
+        format!("#[profiled_thread] goes on a function with a body, not on {what}"),
     )
 }
 

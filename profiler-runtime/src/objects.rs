@@ -140,26 +140,27 @@ mod imp {
             unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
         let mut obj = LoadedObject {
             bias,
-            text: u64::MAX..0,
             ..LoadedObject::default()
         };
+        let (mut text_start, mut text_end) = (u64::MAX, 0);
         for ph in phdrs {
             if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
                 let start = bias + ph.p_vaddr;
-                if start < obj.text.start {
-                    obj.text.start = start;
+                if start < text_start {
+                    text_start = start;
                     obj.text_file_offset = ph.p_offset;
                 }
-                obj.text.end = obj.text.end.max(start + ph.p_memsz);
+                text_end = text_end.max(start + ph.p_memsz);
             } else if ph.p_type == libc::PT_NOTE && obj.build_id.is_empty() {
                 // SAFETY: PT_NOTE segments are inside a loaded segment and mapped readable.
                 let note = unsafe { bytes(bias + ph.p_vaddr, ph.p_filesz) };
                 obj.build_id = build_id(note).unwrap_or_default();
             }
         }
-        if obj.text.start >= obj.text.end {
+        if text_start >= text_end {
             return None;
         }
+        obj.text = text_start..text_end;
         // SAFETY: dlpi_name is a valid NUL-terminated string (possibly empty) for the callback.
         let name = unsafe { CStr::from_ptr(info.dlpi_name) }.to_string_lossy();
         obj.path = if name.is_empty() {

@@ -1,0 +1,57 @@
+//! With the `enabled` feature off, the attribute returns the function untouched and the API is
+//! a set of pass-throughs. Run with `cargo test -p profiler` (no features).
+#![cfg(not(feature = "enabled"))]
+
+use profiler::profiled_thread;
+
+// Untouched means still `const`: the enabled attribute rejects `const fn` (it registers at run
+// time), so this only compiles if nothing was inserted.
+#[profiled_thread(tag = "x")]
+const fn answer() -> u32 {
+    42
+}
+const ANSWER: u32 = answer();
+
+// Arguments are not even parsed when off: the item is returned as it came in.
+#[profiled_thread(tag = 123, anything = "goes")]
+fn ignored_args(x: u8) -> u8 {
+    x + 1
+}
+
+// An async fn stays an async fn.
+#[profiled_thread]
+async fn still_async() -> u8 {
+    5
+}
+
+#[test]
+fn the_attribute_returns_the_function_untouched() {
+    assert_eq!(ANSWER, 42);
+    assert_eq!(ignored_args(1), 2);
+    let fut = still_async();
+    assert!(
+        std::mem::size_of_val(&fut) <= 8,
+        "the future holds no guard"
+    );
+}
+
+#[test]
+fn the_api_passes_through() {
+    let guard = profiler::enter("tag");
+    assert!(!guard.is_active());
+    assert_eq!(std::mem::size_of_val(&guard), 0);
+    assert_eq!(profiler::run("main_worker", || 7), 7);
+    let h = profiler::spawn("worker\0with nul", || {
+        std::thread::current().name().map(str::to_owned)
+    });
+    assert_eq!(h.join().unwrap().as_deref(), Some("worker_with nul"));
+    let p = profiler::Profiler::builder()
+        .frequency(0)
+        .output_dir("/nonexistent")
+        .start()
+        .unwrap();
+    assert!(!p.config().enabled);
+    assert!(!profiler::flush());
+    profiler::shutdown();
+    assert!(profiler::live_threads().is_empty());
+}

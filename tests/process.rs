@@ -1,0 +1,154 @@
+//! Whole-process behaviour, each case in a child process of this test binary: lazy start from
+//! the environment, the final dump at normal exit, bad environment values, and the kill switch.
+#![cfg(all(feature = "enabled", target_os = "linux"))]
+
+mod common;
+
+use std::hint::black_box;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+const CHILD: &str = "PROFILER_TEST_CHILD";
+
+#[inline(never)]
+fn short_lived_work(n: u64) -> u64 {
+    let mut x = black_box(11u64);
+    for i in 0..n {
+        x = x.rotate_left(3) ^ i;
+    }
+    black_box(x)
+}
+
+/// Child body: lazily started runtime (no builder), one registered thread, normal exit well
+/// before the first dump interval.
+#[test]
+fn child_short_program() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let t = profiler::spawn("short_lived", || {
+        burn_for(Duration::from_millis(300), short_lived_work)
+    });
+    black_box(t.join().unwrap());
+    // Exit through libc's exit (as `main` returning does), which runs the final dump.
+    std::process::exit(0);
+}
+
+#[test]
+fn child_explicit_start_after_lazy_start() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let _g = profiler::enter("first");
+    let err = profiler::Profiler::builder()
+        .start()
+        .expect_err("already started");
+    println!("START ERROR: {err}");
+    drop(_g);
+    profiler::shutdown();
+    profiler::shutdown();
+    let after = profiler::enter("after_shutdown");
+    println!("AFTER SHUTDOWN ACTIVE: {}", after.is_active());
+    std::process::exit(0);
+}
+
+fn run_child(test: &str, dir: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env("PROFILER_DIR", dir)
+        .env_remove("PROFILER_ENABLED")
+        .env_remove("PROFILER_FREQUENCY")
+        .env_remove("PROFILER_DUMP_INTERVAL")
+        .env_remove("PROFILER_WALL_FREQUENCY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run child");
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_short_lived_program_leaves_its_dumps_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    run_child(
+        "child_short_program",
+        dir.path(),
+        &[("PROFILER_DUMP_INTERVAL", "600")],
+    );
+    let p = read_profile(&dir.path().join("short_lived.pb.gz"));
+    assert_eq!(
+        hottest(&p, "short_lived_work").as_deref(),
+        Some("process::short_lived_work")
+    );
+    assert!(dir.path().join(profiler::MERGED_FILE).exists());
+    assert_eq!(p.period, 1_000_000_000 / 99, "default frequency");
+}
+
+#[test]
+fn bad_environment_values_warn_and_fall_back_to_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(
+        "child_short_program",
+        dir.path(),
+        &[
+            ("PROFILER_FREQUENCY", "lots"),
+            ("PROFILER_DUMP_INTERVAL", "-3"),
+            ("PROFILER_WALL_FREQUENCY", "5000"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "PROFILER_FREQUENCY = \"lots\" is invalid",
+        "PROFILER_DUMP_INTERVAL = \"-3\" is invalid",
+        "PROFILER_WALL_FREQUENCY = \"5000\" is invalid",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "missing {needle:?} in stderr:\n{stderr}"
+        );
+    }
+    // No logger installed: each warning reaches stderr exactly once.
+    assert_eq!(
+        stderr.matches("PROFILER_FREQUENCY = ").count(),
+        1,
+        "{stderr}"
+    );
+    let p = read_profile(&dir.path().join("short_lived.pb.gz"));
+    assert_eq!(p.period, 1_000_000_000 / 99, "fell back to 99 Hz");
+    assert!(
+        p.sample_type_index("wall").is_none(),
+        "wall sampling stayed off"
+    );
+}
+
+#[test]
+fn profiler_enabled_0_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    run_child(
+        "child_short_program",
+        dir.path(),
+        &[("PROFILER_ENABLED", "0")],
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn explicit_start_after_lazy_start_is_an_error_and_shutdown_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child("child_explicit_start_after_lazy_start", dir.path(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("START ERROR: the profiler runtime is already running"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("AFTER SHUTDOWN ACTIVE: false"), "{stdout}");
+}

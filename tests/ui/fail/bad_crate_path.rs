@@ -1,0 +1,4 @@
+#[profiler::profiled_thread(tag = "x", crate = "not a path")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[profiler::profiled_thread]
+fn _private_loop() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[profiler::profiled_thread(tag = "x")]
+const fn compile_time() -> u32 {
+    1
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[profiler::profiled_thread(tag = "")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[profiler::profiled_thread(tag = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")]
+fn f() {}
+
+fn main() {}

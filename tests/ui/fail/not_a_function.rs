@@ -1,0 +1,4 @@
+#[profiler::profiled_thread(tag = "x")]
+struct NotAFunction;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[profiler::profiled_thread(tag = "x", tag = "y")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[profiler::profiled_thread(tag = "../etc/passwd")]
+fn f() {}
+
+fn main() {}
