@@ -217,9 +217,14 @@ pub enum DecodeError {
     Invalid(String),
 }
 
+/// The profile as uncompressed protobuf bytes.
+pub fn encode_raw(profile: &Profile) -> Vec<u8> {
+    profile.encode_to_vec()
+}
+
 /// Gzip-compresses the encoded profile.
 pub fn encode_gz(profile: &Profile) -> std::io::Result<Vec<u8>> {
-    let raw = profile.encode_to_vec();
+    let raw = encode_raw(profile);
     let mut enc = GzEncoder::new(
         Vec::with_capacity(raw.len() / 4 + 64),
         Compression::default(),

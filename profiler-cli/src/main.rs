@@ -1,0 +1,219 @@
+//! `profiler`: list, print, draw, diff and merge the dumps written by the `profiler` crate.
+//!
+//! Reads standard gzipped pprof files, so it also works on other tools' profiles. Bad input
+//! gets one line on stderr and exit status 1; usage errors exit with status 2.
+
+mod load;
+mod merge;
+mod report;
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use load::{read, read_path, stacks, Selection};
+
+/// Read the per-thread profiles written by the `profiler` crate.
+#[derive(Parser)]
+#[command(name = "profiler", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+enum SampleType {
+    /// CPU time (where threads burn CPU).
+    #[default]
+    Cpu,
+    /// Wall-clock time (where threads wait, too); needs wall sampling.
+    Wall,
+    /// Sample counts.
+    Samples,
+}
+
+impl SampleType {
+    fn name(self) -> &'static str {
+        match self {
+            SampleType::Cpu => "cpu",
+            SampleType::Wall => "wall",
+            SampleType::Samples => "samples",
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct Filter {
+    /// Only samples of threads with this name (label `thread_name`).
+    #[arg(long)]
+    thread: Option<String>,
+    /// Only samples with this tag (label `tag`).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Which value to show.
+    #[arg(long = "type", value_enum, default_value_t)]
+    sample_type: SampleType,
+}
+
+impl Filter {
+    fn selection(&self) -> Selection {
+        Selection {
+            sample_type: self.sample_type.name().to_owned(),
+            thread: self.thread.clone(),
+            tag: self.tag.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Sort {
+    Flat,
+    Cum,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One row per dump in DIR: tag, samples, CPU and wall time, threads, span, age, drops.
+    Ls { dir: PathBuf },
+    /// The hottest functions (like `go tool pprof -top`); PATH is a file or a dump directory.
+    Top {
+        path: PathBuf,
+        /// How many functions to show.
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+        /// Order by flat (own) or cum (own + callees) value.
+        #[arg(long, value_enum, default_value_t = Sort::Flat)]
+        sort: Sort,
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// An interactive SVG flame graph.
+    Flamegraph {
+        path: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Collapsed stacks (`root;...;leaf VALUE`, time in µs) for any flame graph tool.
+    Folded {
+        path: PathBuf,
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Per-function change of flat and cum share between two profiles.
+    Diff {
+        base: PathBuf,
+        new: PathBuf,
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Merge profiles into one file, labels kept.
+    Merge {
+        #[arg(required = true, num_args = 1..)]
+        inputs: Vec<PathBuf>,
+        /// Output file (.pb.gz).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+/// One profile for commands that draw a single picture: a file, or a directory's merged file.
+fn single(path: &Path) -> Result<load::Loaded> {
+    if path.is_dir() {
+        read(&path.join(load::MERGED))
+    } else {
+        read(path)
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match cli.command {
+        Command::Ls { dir } => {
+            let files: Result<Vec<_>> = load::dir_files(&dir, true)?
+                .iter()
+                .map(|p| read(p))
+                .collect();
+            report::ls(&mut out, &files?)?;
+        }
+        Command::Top {
+            path,
+            n,
+            sort,
+            filter,
+        } => {
+            for (i, loaded) in read_path(&path)?.iter().enumerate() {
+                if i > 0 {
+                    writeln!(out)?;
+                }
+                let s = stacks(&loaded.profile, &filter.selection())?;
+                let title = format!("{} ({})", loaded.name(), filter.sample_type.name());
+                report::top(&mut out, &title, &s, n, matches!(sort, Sort::Cum))?;
+            }
+        }
+        Command::Flamegraph {
+            path,
+            output,
+            filter,
+        } => {
+            let loaded = single(&path)?;
+            let s = stacks(&loaded.profile, &filter.selection())?;
+            let title = format!("{} ({})", loaded.name(), filter.sample_type.name());
+            let mut svg = Vec::new();
+            report::flamegraph(&mut svg, &title, &s)?;
+            std::fs::write(&output, svg)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+        }
+        Command::Folded { path, filter } => {
+            let loaded = single(&path)?;
+            for line in report::folded_lines(&stacks(&loaded.profile, &filter.selection())?) {
+                writeln!(out, "{line}")?;
+            }
+        }
+        Command::Diff {
+            base,
+            new,
+            n,
+            filter,
+        } => {
+            let sel = filter.selection();
+            let b = stacks(&single(&base)?.profile, &sel)?;
+            let nw = stacks(&single(&new)?.profile, &sel)?;
+            report::diff(&mut out, &b, &nw, n)?;
+        }
+        Command::Merge { inputs, output } => {
+            let profiles: Result<Vec<_>> =
+                inputs.iter().map(|p| read(p).map(|l| l.profile)).collect();
+            let merged = merge::merge(&profiles?)?;
+            let bytes = profiler_runtime::pprof::encode_gz(&merged)?;
+            std::fs::write(&output, bytes)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`profiler top ... | head`) is not an error worth a message.
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("profiler: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
