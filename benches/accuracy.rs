@@ -1,0 +1,468 @@
+//! Accuracy and overhead, side by side: no profiler, pprof-rs's `ProfilerGuard`, and ours.
+//!
+//! `cargo bench --bench accuracy` (add `-- --quick` for one repetition, `ALLOC_SECONDS=60` for
+//! the long allocation run). Every run is a child process of this binary, so each profiler gets
+//! a fresh process (both install a SIGPROF handler; pprof-rs resets it to SIG_IGN when done).
+//! Threads burn a fixed amount of work in distinct `#[inline(never)]` functions; the ground
+//! truth is each thread's own CPU time (`CLOCK_THREAD_CPUTIME_ID`, read inside the thread).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CHILD_ENV: &str = "ACCURACY_CHILD";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    Spin,
+    Alloc,
+    Recurse,
+}
+
+struct ThreadSpec {
+    name: String,
+    registered: bool,
+    /// CPU seconds of work at calibration speed.
+    seconds: f64,
+    work: Work,
+}
+
+fn scenario(n: u32, alloc_seconds: f64) -> (&'static str, Vec<ThreadSpec>) {
+    let spin = |i: usize, registered: bool, seconds: f64| ThreadSpec {
+        name: format!("t{i}"),
+        registered,
+        seconds,
+        work: Work::Spin,
+    };
+    match n {
+        1 => (
+            "2 threads, equal load",
+            vec![spin(0, true, 1.0), spin(1, true, 1.0)],
+        ),
+        2 => (
+            "2 threads, 3:1 load",
+            vec![spin(0, true, 1.5), spin(1, true, 0.5)],
+        ),
+        3 => (
+            "8 threads on 2 cores, loads 1..8",
+            (0..8)
+                .map(|i| spin(i, true, 0.1 * (i + 1) as f64))
+                .collect(),
+        ),
+        4 => (
+            "32 threads: 16 registered, 16 unregistered and busy",
+            (0..32).map(|i| spin(i, i < 16, 0.1)).collect(),
+        ),
+        5 => (
+            "4 allocation-heavy threads",
+            (0..4)
+                .map(|i| ThreadSpec {
+                    name: format!("t{i}"),
+                    registered: true,
+                    seconds: alloc_seconds,
+                    work: Work::Alloc,
+                })
+                .collect(),
+        ),
+        _ => (
+            "2 threads, recursion depth 250",
+            (0..2)
+                .map(|i| ThreadSpec {
+                    name: format!("t{i}"),
+                    registered: true,
+                    seconds: 0.5,
+                    work: Work::Recurse,
+                })
+                .collect(),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- the work
+
+#[inline(never)]
+fn spin<const K: u64>(n: u64) -> u64 {
+    let mut x = black_box(K.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    for i in 0..n {
+        x = x.rotate_left(5 + (K % 7) as u32) ^ i.wrapping_add(K);
+    }
+    black_box(x)
+}
+
+macro_rules! spin_table {
+    ($($k:literal)*) => { [$(spin::<$k> as fn(u64) -> u64),*] };
+}
+static SPIN: [fn(u64) -> u64; 32] = spin_table!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+
+#[inline(never)]
+fn allocate(n: u64) -> u64 {
+    let mut total = 0u64;
+    for i in 0..n / 64 {
+        let v: Vec<u64> = (0..(i % 32)).collect();
+        let s = format!("item-{i}-{}", v.len());
+        total = total.wrapping_add(s.len() as u64 + v.iter().sum::<u64>());
+        black_box(&s);
+    }
+    total
+}
+
+#[inline(never)]
+fn recurse(depth: u32, n: u64) -> u64 {
+    if depth == 0 {
+        return spin::<99>(n);
+    }
+    black_box(recurse(depth - 1, n)).wrapping_add(u64::from(depth))
+}
+
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn process_cpu() -> f64 {
+    // SAFETY: getrusage writes only into the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Iterations of `spin` per CPU second on this machine.
+fn calibrate() -> f64 {
+    let start = thread_cpu();
+    let mut n = 0u64;
+    while thread_cpu() - start < 0.3 {
+        black_box(SPIN[0](100_000));
+        n += 100_000;
+    }
+    n as f64 / (thread_cpu() - start)
+}
+
+fn run_thread(index: usize, spec: &ThreadSpec, ips: f64) -> f64 {
+    let iters = (spec.seconds * ips) as u64;
+    match spec.work {
+        Work::Spin => {
+            black_box(SPIN[index % 32](iters));
+        }
+        Work::Alloc => {
+            let until = Instant::now() + Duration::from_secs_f64(spec.seconds);
+            while Instant::now() < until {
+                black_box(allocate(200_000));
+            }
+        }
+        Work::Recurse => {
+            let per = 20_000;
+            for _ in 0..iters / per {
+                black_box(recurse(250, per));
+            }
+        }
+    }
+    thread_cpu()
+}
+
+// ---------------------------------------------------------------- one child run
+
+fn child(spec: &str) {
+    let arg = |k: &str| -> String {
+        spec.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let scen: u32 = arg("scenario").parse().unwrap();
+    let hz: u32 = arg("hz").parse().unwrap();
+    let ips: f64 = arg("ips").parse().unwrap();
+    let alloc_seconds: f64 = arg("alloc").parse().unwrap();
+    let which = arg("profiler");
+    let which = which.as_str();
+    let (_, threads) = scenario(scen, alloc_seconds);
+    let rss0 = status_kb("VmRSS:");
+    let dir = std::env::temp_dir().join(format!("accuracy-{}", std::process::id()));
+
+    let ours = (which == "ours").then(|| {
+        profiler_runtime::Profiler::builder()
+            .output_dir(&dir)
+            .frequency(hz)
+            .dump_interval(Duration::from_secs(3600))
+            .start()
+            .expect("start ours")
+    });
+    let pprof_guard = (which == "pprof").then(|| {
+        pprof::ProfilerGuardBuilder::default()
+            .frequency(hz as i32)
+            .build()
+            .expect("start pprof-rs")
+    });
+
+    let (wall0, cpu0) = (Instant::now(), process_cpu());
+    let results: Vec<(String, bool, f64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = threads
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                std::thread::Builder::new()
+                    .name(t.name.clone())
+                    .spawn_scoped(s, move || {
+                        let _g = (t.registered && which == "ours")
+                            .then(|| profiler_runtime::enter(&t.name));
+                        (t.name.clone(), t.registered, run_thread(i, t, ips))
+                    })
+                    .unwrap()
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (wall, cpu) = (wall0.elapsed().as_secs_f64(), process_cpu() - cpu0);
+
+    let mut profiled: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut dump_ms, mut dump2_ms, mut max_depth, mut rec_depth) = (0.0, 0.0, 0usize, 0usize);
+    if ours.is_some() {
+        let t = Instant::now();
+        assert!(profiler_runtime::flush());
+        dump_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        assert!(profiler_runtime::flush());
+        dump2_ms = t.elapsed().as_secs_f64() * 1e3;
+        let bytes = std::fs::read(dir.join(profiler_runtime::MERGED_FILE)).unwrap_or_default();
+        if let Ok(p) = profiler_runtime::pprof::decode_gz(&bytes) {
+            let cpu_i = p.sample_type_index("cpu").unwrap();
+            for smp in &p.sample {
+                let name = p.label_str(smp, "thread_name").unwrap_or("?").to_owned();
+                *profiled.entry(name).or_default() += smp.value[cpu_i] as f64 / 1e9;
+                let names = p.stack_names(smp);
+                max_depth = max_depth.max(names.len());
+                rec_depth =
+                    rec_depth.max(names.iter().filter(|n| n.ends_with("::recurse")).count());
+            }
+        }
+    }
+    if let Some(guard) = &pprof_guard {
+        let t = Instant::now();
+        let report = guard.report().build().expect("pprof-rs report");
+        dump_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let _again = guard.report().build().expect("pprof-rs report");
+        dump2_ms = t.elapsed().as_secs_f64() * 1e3;
+        for (frames, count) in &report.data {
+            *profiled.entry(frames.thread_name.clone()).or_default() +=
+                *count as f64 / f64::from(hz);
+            max_depth = max_depth.max(frames.frames.iter().map(Vec::len).sum());
+            let rec = frames
+                .frames
+                .iter()
+                .flatten()
+                .filter(|s| s.name().ends_with("::recurse"))
+                .count();
+            rec_depth = rec_depth.max(rec);
+        }
+    }
+    let rss = status_kb("VmHWM:").saturating_sub(rss0);
+    println!(
+        "RESULT wall={wall} cpu={cpu} dump_ms={dump_ms} dump2_ms={dump2_ms} rss_kb={rss} max_depth={max_depth} rec_depth={rec_depth}"
+    );
+    for (name, registered, cpu) in results {
+        let prof = profiled.get(&name).copied().unwrap_or(0.0);
+        println!(
+            "THREAD name={name} reg={} cpu={cpu} prof={prof}",
+            u8::from(registered)
+        );
+    }
+    drop(pprof_guard);
+    drop(ours);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------- the parent
+
+#[derive(Default, Clone)]
+struct Run {
+    wall: f64,
+    cpu: f64,
+    dump_ms: f64,
+    dump2_ms: f64,
+    rss_kb: f64,
+    max_depth: f64,
+    rec_depth: f64,
+    /// (registered, real cpu, profiled cpu)
+    threads: Vec<(bool, f64, f64)>,
+}
+
+fn kv(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn spawn_child(spec: &str) -> Run {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, spec)
+        .env_remove("PROFILER_FREQUENCY")
+        .env_remove("PROFILER_ENABLED")
+        .output()
+        .expect("child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child {spec} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut run = Run::default();
+    for line in text.lines() {
+        if line.starts_with("RESULT") {
+            run.wall = kv(line, "wall");
+            run.cpu = kv(line, "cpu");
+            run.dump_ms = kv(line, "dump_ms");
+            run.dump2_ms = kv(line, "dump2_ms");
+            run.rss_kb = kv(line, "rss_kb");
+            run.max_depth = kv(line, "max_depth");
+            run.rec_depth = kv(line, "rec_depth");
+        } else if line.starts_with("THREAD") {
+            run.threads
+                .push((kv(line, "reg") == 1.0, kv(line, "cpu"), kv(line, "prof")));
+        }
+    }
+    run
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Figures {
+    yield_: f64,
+    attr_pp: f64,
+    unregistered_samples: f64,
+    unregistered_cpu: f64,
+}
+
+fn figures(run: &Run, hz: u32) -> Figures {
+    let reg: Vec<&(bool, f64, f64)> = run.threads.iter().filter(|t| t.0).collect();
+    let real: f64 = reg.iter().map(|t| t.1).sum();
+    let prof: f64 = reg.iter().map(|t| t.2).sum();
+    let attr = reg
+        .iter()
+        .map(|t| (100.0 * (t.2 / prof.max(1e-12) - t.1 / real)).abs())
+        .fold(0.0, f64::max);
+    let unreg = run.threads.iter().filter(|t| !t.0);
+    Figures {
+        yield_: prof / real,
+        attr_pp: attr,
+        unregistered_samples: unreg.clone().map(|t| t.2 * f64::from(hz)).sum(),
+        unregistered_cpu: unreg.map(|t| t.1).sum(),
+    }
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child(&spec);
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let reps = if quick { 1 } else { 3 };
+    let alloc_seconds: f64 = std::env::var("ALLOC_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let ips = calibrate();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("# Accuracy and overhead: none vs pprof-rs 0.15 ProfilerGuard vs profiler");
+    println!();
+    println!(
+        "Machine: {cores} cores. Each cell: median of {reps} run(s), each in a fresh process."
+    );
+    println!("yield = profiled CPU / real thread CPU (registered threads); attr = max |sample share - CPU share| (pp);");
+    println!("unreg = samples on unregistered threads; wall/CPU = process wall and CPU time vs no profiler;");
+    println!("dump = first report/dump, then a second one (ms); RSS = peak RSS growth (MiB).");
+    let started = Instant::now();
+    let mut summary = Vec::new();
+    let plan: Vec<(u32, u32)> = [99u32, 999]
+        .iter()
+        .flat_map(|&hz| (1..=4).map(move |s| (s, hz)))
+        .chain([(5, 99), (6, 99)])
+        .collect();
+    for (scen, hz) in plan {
+        let (title, _) = scenario(scen, alloc_seconds);
+        println!();
+        println!("## Scenario {scen}: {title}, {hz} Hz");
+        println!();
+        println!("| profiler | yield | attr pp | unreg samples | unreg CPU s | wall ×none | CPU ×none | dump ms (1st / 2nd) | RSS MiB | max depth | recurse frames |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut base: Option<(f64, f64)> = None;
+        for which in ["none", "pprof", "ours"] {
+            let spec =
+                format!("scenario={scen} hz={hz} ips={ips} profiler={which} alloc={alloc_seconds}");
+            let runs: Vec<Run> = (0..reps).map(|_| spawn_child(&spec)).collect();
+            let wall = median(runs.iter().map(|r| r.wall).collect());
+            let cpu = median(runs.iter().map(|r| r.cpu).collect());
+            let (bw, bc) = *base.get_or_insert((wall, cpu));
+            let figs: Vec<Figures> = runs.iter().map(|r| figures(r, hz)).collect();
+            let y = median(figs.iter().map(|f| f.yield_).collect());
+            let a = median(figs.iter().map(|f| f.attr_pp).collect());
+            let has_unreg = runs[0].threads.iter().any(|t| !t.0);
+            let show = |v: f64, prec: usize| {
+                if has_unreg {
+                    format!("{v:.prec$}")
+                } else {
+                    "-".into()
+                }
+            };
+            let us = show(
+                median(figs.iter().map(|f| f.unregistered_samples).collect()),
+                0,
+            );
+            let uc = show(median(figs.iter().map(|f| f.unregistered_cpu).collect()), 2);
+            let d1 = median(runs.iter().map(|r| r.dump_ms).collect());
+            let d2 = median(runs.iter().map(|r| r.dump2_ms).collect());
+            let rss = median(runs.iter().map(|r| r.rss_kb).collect()) / 1024.0;
+            let depth = median(runs.iter().map(|r| r.max_depth).collect());
+            let rec = median(runs.iter().map(|r| r.rec_depth).collect());
+            if which == "none" {
+                println!("| none | - | - | - | {uc} | 1.000 | 1.000 | - | {rss:.1} | - | - |");
+                continue;
+            }
+            println!(
+                "| {which} | {y:.3} | {a:.2} | {us} | {uc} | {:.3} | {:.3} | {d1:.1} / {d2:.1} | {rss:.1} | {depth:.0} | {rec:.0} |",
+                wall / bw,
+                cpu / bc
+            );
+            if scen <= 4 {
+                summary.push((which, hz, y, a, cpu / bc));
+            }
+        }
+    }
+    println!();
+    for which in ["pprof", "ours"] {
+        for hz in [99, 999] {
+            let rows: Vec<_> = summary
+                .iter()
+                .filter(|r| r.0 == which && r.1 == hz)
+                .collect();
+            let lo = rows.iter().map(|r| r.2).fold(f64::MAX, f64::min);
+            let hi = rows.iter().map(|r| r.2).fold(f64::MIN, f64::max);
+            let attr = rows.iter().map(|r| r.3).fold(0.0, f64::max);
+            let cpu = rows.iter().map(|r| r.4).fold(0.0, f64::max);
+            println!(
+                "Summary {which:>5} @ {hz:>3} Hz, scenarios 1-4: yield {lo:.3}-{hi:.3}, max attribution error {attr:.2} pp, worst CPU ×none {cpu:.3}"
+            );
+        }
+    }
+    println!("Total bench time: {:.0} s", started.elapsed().as_secs_f64());
+}

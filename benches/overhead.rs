@@ -1,0 +1,150 @@
+//! Micro-costs: one sample taken by the signal handler, and `enter` + drop of a `ThreadGuard`
+//! (runtime on, and runtime switched off at run time with `PROFILER_ENABLED=0`).
+//!
+//! `cargo bench --bench overhead`. The per-sample cost is measured by having a thread send
+//! itself SIGPROF with `si_code = SI_TIMER` (what a timer expiry delivers) through
+//! `rt_tgsigqueueinfo`, N times in a row, so the real handler runs synchronously: on a registered
+//! thread it takes a full sample (unwind + record); on an unregistered thread it returns at once.
+//! The first is the full cost of one sample including kernel signal delivery; the difference is
+//! the handler's own work.
+
+use std::hint::black_box;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[inline(never)]
+fn nest(depth: u32, f: &mut dyn FnMut()) {
+    if depth == 0 {
+        f();
+    } else {
+        nest(depth - 1, f);
+        black_box(depth);
+    }
+}
+
+/// Sends this thread a SIGPROF that looks like a CPU-timer expiry.
+fn self_timer_signal() {
+    // SAFETY: all-zero is a valid siginfo_t; we fill the fields the kernel's `_timer` layout
+    // defines (signo, code at bytes 0 and 8; sigval at byte 24 on 64-bit). Sending to our own
+    // thread with a negative si_code is allowed by rt_tgsigqueueinfo.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let base = &mut info as *mut libc::siginfo_t as *mut u8;
+        *(base as *mut i32) = libc::SIGPROF;
+        *(base.add(8) as *mut i32) = libc::SI_TIMER;
+        *(base.add(24) as *mut usize) = 1; // the runtime's CPU-timer marker
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::getpid(),
+            libc::gettid(),
+            libc::SIGPROF,
+            &info as *const libc::siginfo_t,
+        );
+    }
+}
+
+/// Nanoseconds per self-sent sample at `depth` extra frames, registered or not. Sent in
+/// batches of `batch` with pauses between them (not timed) so the dump thread drains the
+/// thread's ring and no sample is dropped.
+fn signal_cost_ns(depth: u32, batch: u32, batches: u32, registered: bool) -> f64 {
+    std::thread::spawn(move || {
+        let _g = registered.then(|| profiler_runtime::enter("overhead"));
+        let mut elapsed = Duration::ZERO;
+        nest(depth, &mut || {
+            for _ in 0..batches {
+                let t = Instant::now();
+                for _ in 0..batch {
+                    self_timer_signal();
+                }
+                elapsed += t.elapsed();
+                std::thread::sleep(Duration::from_millis(110));
+            }
+        });
+        elapsed.as_nanos() as f64 / f64::from(batch * batches)
+    })
+    .join()
+    .unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Nanoseconds per `enter` + drop on the calling thread.
+fn guard_cost_ns(rounds: u32) -> f64 {
+    let t = Instant::now();
+    for _ in 0..rounds {
+        drop(black_box(profiler_runtime::enter("guard")));
+    }
+    t.elapsed().as_nanos() as f64 / f64::from(rounds)
+}
+
+fn main() {
+    match std::env::var("OVERHEAD_CHILD").as_deref() {
+        Ok("guard") => {
+            let ns = std::thread::spawn(|| guard_cost_ns(20_000)).join().unwrap();
+            println!("{ns:.1}");
+            return;
+        }
+        Ok("nested") => {
+            let _outer = profiler_runtime::enter("outer");
+            println!("{:.1}", guard_cost_ns(200_000));
+            return;
+        }
+        _ => {}
+    }
+    let child = |mode: &str, enabled: &str| -> String {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env("OVERHEAD_CHILD", mode)
+            .env("PROFILER_ENABLED", enabled)
+            .env("PROFILER_DIR", std::env::temp_dir().join("overhead-bench"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    println!(
+        "# Micro-costs ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("| operation | cost |");
+    println!("|---|---|");
+    println!(
+        "| `enter` + drop, runtime on (creates and deletes the thread's timer) | {} ns |",
+        child("guard", "1")
+    );
+    println!(
+        "| `enter` + drop, runtime off at run time (`PROFILER_ENABLED=0`) | {} ns |",
+        child("guard", "0")
+    );
+    println!(
+        "| nested `enter` + drop on a registered thread (tag switch only) | {} ns |",
+        child("nested", "1")
+    );
+
+    let _p = profiler_runtime::Profiler::builder()
+        .frequency(1)
+        .output_dir(std::env::temp_dir().join("overhead-bench"))
+        .dump_interval(Duration::from_secs(3600))
+        .start()
+        .unwrap();
+    for depth in [8u32, 100, 240] {
+        // The ring holds 32768 words; a sample takes depth + 2 words.
+        let batch = (30_000 / (depth + 20)).min(1000);
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            off.push(signal_cost_ns(depth, batch, 8, false));
+            on.push(signal_cost_ns(depth, batch, 8, true));
+        }
+        let (on, off) = (median(on), median(off));
+        println!(
+            "| one sample, {} frames deep: full cost incl. signal delivery / handler work alone | {:.2} µs / {:.2} µs |",
+            depth + 8,
+            on / 1e3,
+            (on - off) / 1e3
+        );
+    }
+    println!();
+    println!("At 99 Hz a busy thread pays 99 x the full per-sample cost per CPU second.");
+}
