@@ -6,7 +6,10 @@ fn main() {
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let enabled = std::env::var_os("CARGO_FEATURE_ENABLED").is_some();
-    if enabled && os == "linux" && (arch == "x86_64" || arch == "aarch64") {
+    // Lets CI compile the path other platforms take, on Linux.
+    println!("cargo::rerun-if-env-changed=PROFILER_RUNTIME_NO_SAMPLING");
+    let forced_off = std::env::var_os("PROFILER_RUNTIME_NO_SAMPLING").is_some();
+    if enabled && !forced_off && os == "linux" && (arch == "x86_64" || arch == "aarch64") {
         println!("cargo::rustc-cfg=profiler_sampling");
     }
 }

@@ -146,7 +146,20 @@ pub fn flush() -> bool {
 #[inline(always)]
 pub fn shutdown() {}
 
+/// A registered thread (feature off: none ever are).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadInfo {
+    /// Tag in force.
+    pub tag: String,
+    /// Thread name.
+    pub name: String,
+    /// OS thread id.
+    pub tid: i64,
+    /// When the thread registered.
+    pub since: std::time::SystemTime,
+}
+
 /// Always empty.
-pub fn live_threads() -> Vec<(String, String, i64)> {
+pub fn live_threads() -> Vec<ThreadInfo> {
     Vec::new()
 }

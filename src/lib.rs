@@ -36,7 +36,7 @@ pub use profiler_macros::profiled_thread;
 #[cfg(feature = "enabled")]
 pub use profiler_runtime::{
     enter, flush, live_threads, pprof, run, shutdown, spawn, Config, Profiler, ProfilerBuilder,
-    StartError, ThreadGuard, MERGED_FILE,
+    StartError, ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
 #[cfg(not(feature = "enabled"))]
@@ -44,7 +44,7 @@ mod disabled;
 #[cfg(not(feature = "enabled"))]
 pub use disabled::{
     enter, flush, live_threads, run, shutdown, spawn, Config, Profiler, ProfilerBuilder,
-    StartError, ThreadGuard, MERGED_FILE,
+    StartError, ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
 /// Support for the code `#[profiled_thread]` generates. Not public API.

@@ -129,7 +129,7 @@ fn a_thread_that_panics_keeps_its_profile_and_the_panic_propagates() {
     );
     assert!(profiler::live_threads()
         .iter()
-        .all(|(tag, _, _)| tag != "panicker"));
+        .all(|t| t.tag != "panicker"));
     let p = flush_and_read("panicker");
     assert_eq!(
         hottest(&p, "_work").as_deref(),
@@ -207,5 +207,37 @@ fn run_registers_the_current_thread_and_hostile_tags_stay_inside_the_directory()
     assert!(
         names.iter().all(|n| !n.contains(".tmp-")),
         "temporary files left: {names:?}"
+    );
+}
+
+busy_fn!(three_work, 8u64);
+busy_fn!(one_work, 9u64);
+
+#[test]
+fn a_3_to_1_cpu_split_lands_between_2_and_4_to_1() {
+    dir();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let heavy = profiler::spawn("split_heavy", move || {
+        let info = profiler::live_threads()
+            .into_iter()
+            .find(|t| t.tag == "split_heavy");
+        started_tx.send(info).unwrap();
+        burn_for(Duration::from_millis(450), three_work)
+    });
+    let light = profiler::spawn("split_light", || {
+        burn_for(Duration::from_millis(150), one_work)
+    });
+    let info = started_rx
+        .recv()
+        .unwrap()
+        .expect("registered while running");
+    assert_eq!(info.name, "split_heavy");
+    assert!(info.since <= std::time::SystemTime::now());
+    black_box((heavy.join().unwrap(), light.join().unwrap()));
+    let ratio = total(&flush_and_read("split_heavy"), "cpu") as f64
+        / total(&flush_and_read("split_light"), "cpu") as f64;
+    assert!(
+        (2.0..4.0).contains(&ratio),
+        "3:1 load profiled as {ratio:.2}:1"
     );
 }

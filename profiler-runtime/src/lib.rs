@@ -22,6 +22,8 @@
 //! `aggregate.rs`, resolves names with `symbolize.rs` and writes files; `runtime.rs` starts and
 //! stops it all.
 
+#![cfg_attr(not(profiler_sampling), allow(dead_code))]
+
 pub mod pprof;
 
 #[cfg(feature = "enabled")]
@@ -58,7 +60,7 @@ pub use config::Config;
 #[cfg(feature = "enabled")]
 pub use dump::MERGED_FILE;
 #[cfg(feature = "enabled")]
-pub use registry::ThreadGuard;
+pub use registry::{ThreadGuard, ThreadInfo};
 #[cfg(feature = "enabled")]
 pub use runtime::{
     current_config, enter, flush, live_threads, shutdown, Profiler, ProfilerBuilder, StartError,

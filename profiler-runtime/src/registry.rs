@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{compiler_fence, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::diagnostics::warn;
@@ -33,6 +34,20 @@ pub(crate) struct ThreadRecord {
 struct LiveThread {
     record: ThreadRecord,
     timers: Option<ThreadTimers>,
+    since: SystemTime,
+}
+
+/// A registered thread, as reported by `profiler::live_threads`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadInfo {
+    /// Tag in force (the innermost one for nested registrations).
+    pub tag: String,
+    /// Thread name (or `tid-N` for unnamed threads).
+    pub name: String,
+    /// OS thread id.
+    pub tid: i64,
+    /// When the thread registered.
+    pub since: SystemTime,
 }
 
 #[derive(Default)]
@@ -271,7 +286,14 @@ impl Registry {
             } else {
                 None
             };
-            inner.threads.insert(id, LiveThread { record, timers });
+            inner.threads.insert(
+                id,
+                LiveThread {
+                    record,
+                    timers,
+                    since: SystemTime::now(),
+                },
+            );
             id
         };
         log::debug!("registered thread {name:?} (tid {tid}) under tag {tag_name:?}");
@@ -315,19 +337,21 @@ impl Registry {
         out
     }
 
-    /// Live threads: (tag, thread name, tid).
-    pub(crate) fn live_threads(&self) -> Vec<(String, String, i64)> {
+    /// Live threads.
+    pub(crate) fn live_threads(&self) -> Vec<ThreadInfo> {
         let inner = self.lock();
         inner
             .threads
             .values()
-            .map(|t| {
-                let tag = inner.tags.get(t.record.slot.tag() as usize);
-                (
-                    tag.cloned().unwrap_or_default(),
-                    t.record.name.clone(),
-                    t.record.tid,
-                )
+            .map(|t| ThreadInfo {
+                tag: inner
+                    .tags
+                    .get(t.record.slot.tag() as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+                name: t.record.name.clone(),
+                tid: t.record.tid,
+                since: t.since,
             })
             .collect()
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::{Config, Requested};
 use crate::diagnostics::{error, warn};
 use crate::dump::DumpLoop;
-use crate::registry::{Registry, ThreadGuard};
+use crate::registry::{Registry, ThreadGuard, ThreadInfo};
 use crate::sampler::{self, SignalError};
 
 const NOT_STARTED: u8 = 0;
@@ -133,6 +133,7 @@ impl ProfilerBuilder {
     }
 }
 
+#[cfg(unix)]
 extern "C" fn at_exit() {
     // A forked child that exits must not wait for a dump thread it does not have.
     if START_PID.get() == Some(&std::process::id()) {
@@ -170,6 +171,7 @@ fn start_locked(config: Config) -> Result<(), StartError> {
     };
     let dump = DumpLoop::start(rt).map_err(StartError::Thread)?;
     *rt.dump.lock().unwrap_or_else(|e| e.into_inner()) = Some(dump);
+    #[cfg(unix)]
     if START_PID.set(std::process::id()).is_ok() {
         // SAFETY: at_exit is an extern "C" fn with no arguments that never unwinds.
         unsafe { libc::atexit(at_exit) };
@@ -247,8 +249,8 @@ pub fn shutdown() {
     log::debug!("profiler stopped");
 }
 
-/// Live registered threads as `(tag, thread name, OS thread id)`.
-pub fn live_threads() -> Vec<(String, String, i64)> {
+/// The threads registered now.
+pub fn live_threads() -> Vec<ThreadInfo> {
     RUNTIME
         .get()
         .map(|rt| rt.registry.live_threads())
