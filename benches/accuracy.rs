@@ -52,7 +52,7 @@ fn scenario(n: u32, alloc_seconds: f64) -> (&'static str, Vec<ThreadSpec>) {
         ),
         4 => (
             "32 threads: 16 registered, 16 unregistered and busy",
-            (0..32).map(|i| spin(i, i < 16, 0.1)).collect(),
+            (0..32).map(|i| spin(i, i < 16, 0.25)).collect(),
         ),
         5 => (
             "4 allocation-heavy threads",

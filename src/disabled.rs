@@ -19,6 +19,10 @@ pub struct Config {
     pub frequency: u32,
     /// Wall-clock sampling frequency in Hz; 0 means off.
     pub wall_frequency: u32,
+    /// HTTP address (never used with the feature off).
+    pub http_addr: Option<String>,
+    /// HTTP bearer token (never used with the feature off).
+    pub http_token: Option<String>,
 }
 
 /// Why the profiler could not start (never happens with the feature off).
@@ -93,6 +97,14 @@ impl ProfilerBuilder {
     pub fn enabled(self, _enabled: bool) -> Self {
         self
     }
+    /// No effect with the feature off.
+    pub fn http_addr(self, _addr: impl Into<String>) -> Self {
+        self
+    }
+    /// No effect with the feature off.
+    pub fn http_token(self, _token: impl Into<String>) -> Self {
+        self
+    }
     /// Returns an inert handle.
     pub fn start(self) -> Result<Profiler, StartError> {
         Ok(Profiler {
@@ -102,6 +114,8 @@ impl ProfilerBuilder {
                 dump_interval: Duration::from_secs(60),
                 frequency: 99,
                 wall_frequency: 0,
+                http_addr: None,
+                http_token: None,
             },
         })
     }

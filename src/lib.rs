@@ -39,6 +39,10 @@ pub use profiler_runtime::{
     StartError, ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
+/// The address the HTTP endpoint listens on, once bound (`http` feature).
+#[cfg(feature = "http")]
+pub use profiler_runtime::http_local_addr;
+
 #[cfg(not(feature = "enabled"))]
 mod disabled;
 #[cfg(not(feature = "enabled"))]

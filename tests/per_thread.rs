@@ -127,9 +127,7 @@ fn a_thread_that_panics_keeps_its_profile_and_the_panic_propagates() {
         payload.downcast_ref::<&str>(),
         Some(&"boom from a profiled thread")
     );
-    assert!(profiler::live_threads()
-        .iter()
-        .all(|t| t.tag != "panicker"));
+    assert!(profiler::live_threads().iter().all(|t| t.tag != "panicker"));
     let p = flush_and_read("panicker");
     assert_eq!(
         hottest(&p, "_work").as_deref(),

@@ -1,6 +1,5 @@
 //! Reading dumps: files or directories, label filters, and stacks as function names.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -71,63 +70,7 @@ pub fn read_path(path: &Path) -> Result<Vec<Loaded>> {
     }
 }
 
-/// Which samples and which value to look at.
-#[derive(Clone, Default)]
-pub struct Selection {
-    pub sample_type: String,
-    pub thread: Option<String>,
-    pub tag: Option<String>,
-}
-
-/// Stacks (root first) with their selected value, merged when equal.
-pub struct Stacks {
-    pub unit: String,
-    pub stacks: BTreeMap<Vec<String>, i64>,
-}
-
-impl Stacks {
-    pub fn total(&self) -> i64 {
-        self.stacks.values().sum()
-    }
-}
-
-/// The selected value of each matching sample, by stack (root first).
-pub fn stacks(p: &Profile, sel: &Selection) -> Result<Stacks> {
-    let Some(index) = p.sample_type_index(&sel.sample_type) else {
-        let have: Vec<&str> = p.sample_type.iter().map(|t| p.string(t.r#type)).collect();
-        bail!(
-            "the profile has no sample type {:?} (it has: {})",
-            sel.sample_type,
-            have.join(", ")
-        );
-    };
-    let unit = p.string(p.sample_type[index].unit).to_owned();
-    let mut stacks = BTreeMap::new();
-    for s in &p.sample {
-        if sel
-            .thread
-            .as_deref()
-            .is_some_and(|t| p.label_str(s, "thread_name") != Some(t))
-        {
-            continue;
-        }
-        if sel
-            .tag
-            .as_deref()
-            .is_some_and(|t| p.label_str(s, "tag") != Some(t))
-        {
-            continue;
-        }
-        let v = s.value.get(index).copied().unwrap_or(0);
-        if v == 0 {
-            continue;
-        }
-        let mut names: Vec<String> = p.stack_names(s).into_iter().map(str::to_owned).collect();
-        names.reverse();
-        *stacks.entry(names).or_insert(0) += v;
-    }
-    Ok(Stacks { unit, stacks })
-}
+pub use profiler_runtime::flame::{stacks, Selection, Stacks};
 
 /// A value for people: seconds for nanoseconds, else the number.
 pub fn human(v: i64, unit: &str) -> String {

@@ -75,39 +75,15 @@ pub fn top(
     Ok(())
 }
 
-/// Collapsed stacks, `root;...;leaf VALUE`, values in the profile's unit (ns shown as µs).
-pub fn folded_lines(stacks: &Stacks) -> Vec<String> {
-    let scale = if stacks.unit == "nanoseconds" {
-        1000
-    } else {
-        1
-    };
-    stacks
-        .stacks
-        .iter()
-        .filter(|(_, &v)| v / scale > 0)
-        .map(|(stack, v)| {
-            let frames: Vec<String> = stack.iter().map(|f| f.replace(';', ":")).collect();
-            format!("{} {}", frames.join(";"), v / scale)
-        })
-        .collect()
-}
+/// Collapsed stacks, `root;...;leaf VALUE` (time in µs).
+pub use profiler_runtime::flame::folded_lines;
 
 /// An interactive SVG flame graph.
 pub fn flamegraph(out: &mut dyn Write, title: &str, stacks: &Stacks) -> Result<()> {
-    let lines = folded_lines(stacks);
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = title.to_owned();
-    opts.count_name = if stacks.unit == "nanoseconds" {
-        "µs".into()
-    } else {
-        stacks.unit.clone()
-    };
-    if lines.is_empty() {
-        anyhow::bail!("nothing to draw: no samples match");
-    }
-    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
-        .context("cannot draw the flame graph")
+    let svg = profiler_runtime::flame::flamegraph_svg(title, stacks)
+        .context("cannot draw the flame graph")?;
+    out.write_all(&svg)?;
+    Ok(())
 }
 
 /// `profiler diff`: change in flat and cum share per function, largest first.

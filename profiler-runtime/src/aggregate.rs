@@ -53,6 +53,12 @@ pub(crate) struct Aggregator {
     started: SystemTime,
 }
 
+/// Samples taken during one HTTP profile request, limited to one tag or not.
+pub(crate) struct Window {
+    pub aggregator: Aggregator,
+    pub tag: Option<u32>,
+}
+
 /// What one drain found.
 #[derive(Default, Debug)]
 pub(crate) struct DrainStats {
@@ -71,15 +77,21 @@ impl Aggregator {
         }
     }
 
-    /// Moves every complete record out of the threads' rings into the profiles.
-    pub(crate) fn drain(&mut self, threads: &[ThreadRecord]) -> DrainStats {
+    /// Moves every complete record out of the threads' rings into these profiles and into
+    /// every window in `windows` (HTTP profile requests in flight) whose tag matches.
+    pub(crate) fn drain(
+        &mut self,
+        threads: &[ThreadRecord],
+        windows: &mut [&mut Window],
+    ) -> DrainStats {
         let mut stats = DrainStats::default();
+        let mut batch: Vec<(u32, StackKey, u64)> = Vec::new();
         for t in threads {
-            let meta = self.threads.entry(t.id).or_insert_with(|| ThreadMeta {
-                tid: t.tid,
-                name: t.name.clone(),
-                dropped_seen: 0,
-            });
+            self.note_thread(t);
+            for w in windows.iter_mut() {
+                w.aggregator.note_thread(t);
+            }
+            let meta = self.threads.get_mut(&t.id).expect("noted above");
             let dropped = t.slot.buffer.dropped();
             if dropped > meta.dropped_seen {
                 let delta = dropped - meta.dropped_seen;
@@ -87,8 +99,7 @@ impl Aggregator {
                 stats.newly_dropped += delta;
                 self.tags.entry(t.slot.tag()).or_default().dropped += delta;
             }
-            let periods = self.periods;
-            let tags = &mut self.tags;
+            batch.clear();
             stats.records += t.slot.buffer.drain(&mut self.scratch, |r| {
                 let key = StackKey {
                     thread: t.id,
@@ -96,20 +107,52 @@ impl Aggregator {
                     truncated: r.truncated,
                     frames: r.frames.into(),
                 };
-                let c = tags
-                    .entry(r.tag)
-                    .or_default()
-                    .stacks
-                    .entry(key)
-                    .or_default();
-                c.samples += r.weight;
-                match r.kind {
-                    SampleKind::Cpu => c.cpu_ns += r.weight * periods.cpu_ns,
-                    _ => c.wall_ns += r.weight * periods.wall_ns,
-                }
+                batch.push((r.tag, key, r.weight));
             });
+            for w in windows.iter_mut() {
+                for (tag, key, weight) in &batch {
+                    if w.tag.is_none_or(|only| only == *tag) {
+                        w.aggregator.add(*tag, key.clone(), *weight);
+                    }
+                }
+            }
+            for (tag, key, weight) in batch.drain(..) {
+                self.add(tag, key, weight);
+            }
         }
         stats
+    }
+
+    fn note_thread(&mut self, t: &ThreadRecord) {
+        self.threads.entry(t.id).or_insert_with(|| ThreadMeta {
+            tid: t.tid,
+            name: t.name.clone(),
+            dropped_seen: 0,
+        });
+    }
+
+    fn add(&mut self, tag: u32, key: StackKey, weight: u64) {
+        let kind = key.kind;
+        let c = self
+            .tags
+            .entry(tag)
+            .or_default()
+            .stacks
+            .entry(key)
+            .or_default();
+        c.samples += weight;
+        match kind {
+            SampleKind::Cpu => c.cpu_ns += weight * self.periods.cpu_ns,
+            _ => c.wall_ns += weight * self.periods.wall_ns,
+        }
+    }
+
+    /// Samples so far per tag id.
+    pub(crate) fn sample_counts(&self) -> Vec<(u32, u64)> {
+        self.tags
+            .iter()
+            .map(|(&id, p)| (id, p.stacks.values().map(|c| c.samples).sum()))
+            .collect()
     }
 
     /// Tag ids that have samples.

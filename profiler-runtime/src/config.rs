@@ -33,6 +33,10 @@ pub struct Config {
     pub frequency: u32,
     /// Wall-clock sampling frequency per thread, in Hz; 0 means off.
     pub wall_frequency: u32,
+    /// Address the HTTP endpoint listens on (`http` feature); `None` means no server.
+    pub http_addr: Option<String>,
+    /// Bearer token every HTTP request must carry, if set.
+    pub http_token: Option<String>,
 }
 
 impl Default for Config {
@@ -43,6 +47,8 @@ impl Default for Config {
             dump_interval: DEFAULT_DUMP_INTERVAL,
             frequency: DEFAULT_FREQUENCY,
             wall_frequency: 0,
+            http_addr: None,
+            http_token: None,
         }
     }
 }
@@ -55,6 +61,8 @@ pub(crate) struct Requested {
     pub dump_interval: Option<Duration>,
     pub frequency: Option<u32>,
     pub wall_frequency: Option<u32>,
+    pub http_addr: Option<String>,
+    pub http_token: Option<String>,
 }
 
 /// Where a value came from, for warnings.
@@ -163,6 +171,9 @@ impl Config {
             c.wall_frequency = check_frequency(Source::Builder("wall_frequency"), hz, 0, true);
         }
 
+        c.http_addr = req.http_addr.clone();
+        c.http_token = req.http_token.clone();
+
         if let Some(v) = env("PROFILER_ENABLED") {
             let src = Source::Env("PROFILER_ENABLED");
             c.enabled = parse_bool(&v).unwrap_or_else(|| {
@@ -191,6 +202,12 @@ impl Config {
         }
         if let Some(v) = env("PROFILER_WALL_FREQUENCY") {
             c.wall_frequency = parse_hz(Source::Env("PROFILER_WALL_FREQUENCY"), &v, 0, true);
+        }
+        if let Some(v) = env("PROFILER_HTTP_ADDR") {
+            c.http_addr = Some(v).filter(|a| !a.trim().is_empty());
+        }
+        if let Some(v) = env("PROFILER_HTTP_TOKEN") {
+            c.http_token = Some(v).filter(|t| !t.is_empty());
         }
         c
     }

@@ -14,10 +14,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::aggregate::{Aggregator, Periods};
+use crate::aggregate::{Aggregator, Periods, Window};
 use crate::diagnostics::{error, warn};
 use crate::objects;
-use crate::pprof::encode_gz;
+use crate::pprof::{encode_gz, Profile};
 use crate::runtime::Runtime;
 use crate::symbolize::Symbolizer;
 
@@ -27,11 +27,23 @@ pub const MERGED_FILE: &str = "_merged.pb.gz";
 /// How often rings are drained between dumps.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
-enum Command {
+pub(crate) enum Command {
     /// Write now and acknowledge.
     Flush(Sender<()>),
     /// Final drain and write, then exit.
     Stop,
+    /// Start collecting a window of samples (all tags, or one tag id); replies with its id.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    OpenWindow(Option<u32>, Sender<u64>),
+    /// End a window and reply with its profile.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    CloseWindow(u64, Sender<Profile>),
+    /// The cumulative profile of one tag id, or of all tags, as in the dump files.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    Cumulative(Option<u32>, Sender<Profile>),
+    /// Samples so far per tag name.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    Counts(Sender<Vec<(String, u64)>>),
 }
 
 /// Handle to the dump thread.
@@ -47,6 +59,9 @@ struct DumpState {
     symbols: Symbolizer,
     dumps: u64,
     handler_lost_reported: bool,
+    periods: Periods,
+    windows: std::collections::HashMap<u64, Window>,
+    next_window: u64,
 }
 
 impl DumpLoop {
@@ -65,6 +80,9 @@ impl DumpLoop {
             symbols: Symbolizer::default(),
             dumps: 0,
             handler_lost_reported: false,
+            periods,
+            windows: std::collections::HashMap::new(),
+            next_window: 1,
         };
         let thread = std::thread::Builder::new()
             .name("profiler-dump".into())
@@ -73,6 +91,12 @@ impl DumpLoop {
             commands: tx,
             thread: Some(thread),
         })
+    }
+
+    /// A handle to send commands to the dump thread (for the HTTP server).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn commands(&self) -> Sender<Command> {
+        self.commands.clone()
     }
 
     /// Writes every profile now; returns once written (or after `timeout`).
@@ -116,7 +140,7 @@ impl DumpState {
                 Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
             };
             let due = Instant::now() >= next_dump;
-            let write = due || command.is_some();
+            let write = due || matches!(command, Some(Command::Flush(_) | Command::Stop));
             self.guarded("tick", |s| s.tick(write));
             if due {
                 // Skip intervals missed while a dump was slow rather than bursting.
@@ -129,8 +153,44 @@ impl DumpState {
                     let _ = ack.send(());
                 }
                 Some(Command::Stop) => return,
+                Some(other) => self.guarded("request", |s| s.answer(other)),
                 None => {}
             }
+        }
+    }
+
+    /// Answers a request from the HTTP server; samples were just drained.
+    fn answer(&mut self, command: Command) {
+        let name = |id: u32| self.rt.registry.tag_name(id);
+        match command {
+            Command::OpenWindow(tag, reply) => {
+                let id = self.next_window;
+                self.next_window += 1;
+                let aggregator = Aggregator::new(self.periods, std::time::SystemTime::now());
+                self.windows.insert(id, Window { aggregator, tag });
+                let _ = reply.send(id);
+            }
+            Command::CloseWindow(id, reply) => {
+                if let Some(w) = self.windows.remove(&id) {
+                    let (objects, _) = objects::loaded_objects(false);
+                    let p = w
+                        .aggregator
+                        .to_profile(None, &name, &mut self.symbols, &objects);
+                    let _ = reply.send(p);
+                }
+            }
+            Command::Cumulative(tag, reply) => {
+                let (objects, _) = objects::loaded_objects(false);
+                let p = self
+                    .aggregator
+                    .to_profile(tag, &name, &mut self.symbols, &objects);
+                let _ = reply.send(p);
+            }
+            Command::Counts(reply) => {
+                let counts = self.aggregator.sample_counts();
+                let _ = reply.send(counts.into_iter().map(|(id, n)| (name(id), n)).collect());
+            }
+            Command::Flush(_) | Command::Stop => {}
         }
     }
 
@@ -160,7 +220,10 @@ impl DumpState {
                  recorded (two SIGPROF profilers cannot run in one process)",
             );
         }
-        let stats = self.aggregator.drain(&self.rt.registry.threads_to_drain());
+        let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
+        let stats = self
+            .aggregator
+            .drain(&self.rt.registry.threads_to_drain(), &mut windows);
         if stats.newly_dropped > 0 {
             warn(
                 "dropped-samples",

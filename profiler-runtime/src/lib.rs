@@ -26,6 +26,9 @@
 
 pub mod pprof;
 
+#[cfg(feature = "flame")]
+pub mod flame;
+
 #[cfg(feature = "enabled")]
 mod aggregate;
 #[cfg(feature = "enabled")]
@@ -38,6 +41,8 @@ mod diagnostics;
 mod dump;
 #[cfg(profiler_sampling)]
 mod handler;
+#[cfg(feature = "http")]
+mod http;
 #[cfg(feature = "enabled")]
 mod objects;
 #[cfg(feature = "enabled")]
@@ -59,6 +64,8 @@ mod unwind;
 pub use config::Config;
 #[cfg(feature = "enabled")]
 pub use dump::MERGED_FILE;
+#[cfg(feature = "http")]
+pub use http::local_addr as http_local_addr;
 #[cfg(feature = "enabled")]
 pub use registry::{ThreadGuard, ThreadInfo};
 #[cfg(feature = "enabled")]

@@ -191,6 +191,18 @@ impl Registry {
         id
     }
 
+    /// Every tag registered so far, in order of first use.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn tag_names(&self) -> Vec<String> {
+        self.lock().tags.clone()
+    }
+
+    /// The id of an existing tag.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn tag_id(&self, name: &str) -> Option<u32> {
+        self.lock().tag_ids.get(name).copied()
+    }
+
     /// The tag name of `id`.
     pub(crate) fn tag_name(&self, id: u32) -> String {
         self.lock()

@@ -113,6 +113,18 @@ impl ProfilerBuilder {
         self
     }
 
+    /// Serve profiles over HTTP on `addr`, e.g. `127.0.0.1:6060` (needs the `http` feature).
+    pub fn http_addr(mut self, addr: impl Into<String>) -> Self {
+        self.req.http_addr = Some(addr.into());
+        self
+    }
+
+    /// Require `Authorization: Bearer <token>` on every HTTP request.
+    pub fn http_token(mut self, token: impl Into<String>) -> Self {
+        self.req.http_token = Some(token.into());
+        self
+    }
+
     /// Whether to profile at all (default true). When false, registration is one atomic load.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.req.enabled = Some(enabled);
@@ -170,6 +182,15 @@ fn start_locked(config: Config) -> Result<(), StartError> {
         Err(_) => return Err(StartError::AlreadyStarted),
     };
     let dump = DumpLoop::start(rt).map_err(StartError::Thread)?;
+    if let Some(addr) = &rt.config.http_addr {
+        #[cfg(feature = "http")]
+        crate::http::serve(rt, addr, dump.commands());
+        #[cfg(not(feature = "http"))]
+        warn(
+            "http-feature",
+            &format!("an HTTP address ({addr}) is configured, but profiler was built without the `http` feature; no server started"),
+        );
+    }
     *rt.dump.lock().unwrap_or_else(|e| e.into_inner()) = Some(dump);
     #[cfg(unix)]
     if START_PID.set(std::process::id()).is_ok() {

@@ -1,0 +1,436 @@
+//! The HTTP endpoint over real sockets on 127.0.0.1, read by our decoder and by `go tool pprof`.
+#![cfg(all(feature = "http", target_os = "linux"))]
+
+mod common;
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use profiler::pprof::{decode_gz, Profile};
+
+const CHILD: &str = "PROFILER_HTTP_TEST_CHILD";
+
+/// Tests that open profile windows take this, so the window limit can be checked exactly.
+static WINDOWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn windows_lock() -> std::sync::MutexGuard<'static, ()> {
+    WINDOWS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn server() -> SocketAddr {
+    static STATE: OnceLock<(tempfile::TempDir, profiler::Profiler)> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = profiler::Profiler::builder()
+            .output_dir(dir.path())
+            .dump_interval(Duration::from_secs(3600))
+            .frequency(199)
+            .http_addr("127.0.0.1:0")
+            .start()
+            .expect("start");
+        (dir, handle)
+    });
+    profiler::http_local_addr().expect("server listening")
+}
+
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+}
+
+fn request(addr: SocketAddr, raw: &str) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    Response {
+        status,
+        body: bytes[split + 4..].to_vec(),
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    )
+}
+
+fn cpu_of(p: &Profile) -> f64 {
+    let i = p.sample_type_index("cpu").unwrap();
+    p.sample.iter().map(|s| s.value[i]).sum::<i64>() as f64 / 1e9
+}
+
+/// CPU seconds consumed so far by another thread.
+fn thread_cpu_of(handle: &std::thread::JoinHandle<u64>) -> f64 {
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the thread is alive (joined later); both calls write only to our locals.
+    unsafe {
+        libc::pthread_getcpuclockid(handle.as_pthread_t(), &mut clock);
+        libc::clock_gettime(clock, &mut ts);
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[inline(never)]
+fn http_hot_a(n: u64) -> u64 {
+    (0..n).fold(3u64, |a, i| a.rotate_left(7) ^ i)
+}
+
+#[inline(never)]
+fn http_hot_b(n: u64) -> u64 {
+    (0..n).fold(5u64, |a, i| a.rotate_right(3).wrapping_add(i))
+}
+
+/// A registered thread that burns CPU in `work` until `stop` is set.
+fn busy(tag: &str, work: fn(u64) -> u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    profiler::spawn(tag, move || {
+        let mut acc = 0;
+        while !stop.load(Ordering::Relaxed) {
+            acc ^= black_box(work(20_000));
+        }
+        acc
+    })
+}
+
+#[test]
+fn a_window_holds_the_cpu_burned_during_it_and_the_tag_filter_works() {
+    let addr = server();
+    let _serial = windows_lock();
+    let stop = Arc::new(AtomicBool::new(false));
+    let a = busy("http_a", http_hot_a, stop.clone());
+    let b = busy("http_b", http_hot_b, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let before = thread_cpu_of(&a);
+    let all_and_a = std::thread::scope(|s| {
+        let all = s.spawn(|| get(addr, "/debug/pprof/profile?seconds=2"));
+        let only_a = s.spawn(|| get(addr, "/debug/pprof/profile?seconds=3&tag=http_a"));
+        (all.join().unwrap(), only_a.join().unwrap())
+    });
+    let burned_a = thread_cpu_of(&a) - before;
+    stop.store(true, Ordering::Relaxed);
+    black_box((a.join().unwrap(), b.join().unwrap()));
+
+    let (all, only_a) = all_and_a;
+    assert_eq!((all.status, only_a.status), (200, 200));
+    let all = decode_gz(&all.body).unwrap();
+    let only_a = decode_gz(&only_a.body).unwrap();
+    let tags = |p: &Profile| -> std::collections::BTreeSet<String> {
+        p.sample
+            .iter()
+            .filter_map(|s| p.label_str(s, "tag").map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        tags(&all).contains("http_a") && tags(&all).contains("http_b"),
+        "{:?}",
+        tags(&all)
+    );
+    assert_eq!(tags(&only_a).into_iter().collect::<Vec<_>>(), ["http_a"]);
+    assert!(only_a
+        .sample
+        .iter()
+        .all(|s| only_a.label_str(s, "thread_name") == Some("http_a")));
+    // The 3 s window of tag A holds about the CPU A burned during it (~3 s window of ~3.2 s).
+    let ratio = cpu_of(&only_a) / burned_a;
+    assert!(
+        (0.75..1.1).contains(&ratio),
+        "window CPU {} vs burned {burned_a}",
+        cpu_of(&only_a)
+    );
+    assert!(hottest(&only_a, "http_hot").as_deref() == Some("http::http_hot_a"));
+    // Cumulative profiles are unaffected by windows, and served from memory.
+    let cumulative = get(addr, "/profiles/http_a.pb.gz");
+    assert_eq!(cumulative.status, 200);
+    assert!(cpu_of(&decode_gz(&cumulative.body).unwrap()) >= cpu_of(&only_a));
+    assert_eq!(get(addr, "/profiles/_merged.pb.gz").status, 200);
+}
+
+#[test]
+fn every_bad_request_gets_its_status() {
+    let addr = server();
+    profiler::run("http_known", || black_box(http_hot_a(1000)));
+    for (path, status) in [
+        ("/nope", 404),
+        ("/profiles/no_such_tag.pb.gz", 404),
+        ("/profiles/../../etc/passwd", 404),
+        ("/debug/pprof/profile?seconds=0", 400),
+        ("/debug/pprof/profile?seconds=301", 400),
+        ("/debug/pprof/profile?seconds=abc", 400),
+        ("/debug/pprof/profile?seconds=1&tag=no_such_tag", 400),
+    ] {
+        let r = get(addr, path);
+        assert_eq!(
+            r.status,
+            status,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            r.body.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "one-line body for {path}"
+        );
+    }
+    let r = request(
+        addr,
+        "POST /debug/pprof/profile HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(r.status, 405);
+    let index = get(addr, "/debug/pprof/");
+    assert_eq!(index.status, 200);
+    assert!(String::from_utf8_lossy(&index.body).contains("http_known"));
+}
+
+#[test]
+fn more_than_four_windows_get_429() {
+    let addr = server();
+    let _serial = windows_lock();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..6)
+            .map(|i| {
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50 * i));
+                    get(addr, "/debug/pprof/profile?seconds=2").status
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn a_silent_client_neither_blocks_others_nor_stays_forever() {
+    let addr = server();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    assert_eq!(get(addr, "/debug/pprof/").status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "served while a client is silent"
+    );
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = silent.read_to_end(&mut got);
+    let waited = t.elapsed();
+    assert!(
+        waited < Duration::from_secs(12),
+        "silent connection held for {waited:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn the_flamegraph_endpoint_draws_the_window() {
+    let addr = server();
+    let _serial = windows_lock();
+    let stop = Arc::new(AtomicBool::new(false));
+    let a = busy("http_flame", http_hot_b, stop.clone());
+    while !profiler::live_threads()
+        .iter()
+        .any(|t| t.tag == "http_flame")
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = get(addr, "/debug/pprof/flamegraph?seconds=1&tag=http_flame");
+    stop.store(true, Ordering::Relaxed);
+    black_box(a.join().unwrap());
+    assert_eq!(r.status, 200);
+    let svg = String::from_utf8_lossy(&r.body);
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("http_hot_b"),
+        "{}",
+        &svg[..svg.len().min(300)]
+    );
+}
+
+#[test]
+fn go_tool_pprof_reads_the_endpoint() {
+    let addr = server();
+    let _serial = windows_lock();
+    if std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: `go` is not installed; .ci/run installs it (Debian package golang-go)");
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let a = busy("http_go", http_hot_a, stop.clone());
+    while !profiler::live_threads().iter().any(|t| t.tag == "http_go") {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("go")
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            "-cum",
+            "-tagfocus=tag=http_go",
+            "-seconds",
+            "2",
+        ])
+        .arg(format!("http://{addr}/debug/pprof/profile"))
+        .env("HOME", home.path())
+        .env("PPROF_TMPDIR", home.path())
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    black_box(a.join().unwrap());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Debug builds leave the flat time in iterator internals, so check the hot function's cum:
+    // the busy thread spends nearly all its time under it.
+    let row = text
+        .lines()
+        .find(|l| l.ends_with("http::http_hot_a"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cum_pct: f64 = row
+        .split_whitespace()
+        .nth(4)
+        .and_then(|c| c.trim_end_matches('%').parse().ok())
+        .unwrap();
+    assert!(cum_pct > 80.0, "{row}\n{text}");
+    assert!(
+        !text.contains("http_hot_b"),
+        "tagfocus keeps other threads out: {text}"
+    );
+}
+
+// ---- child processes: token, bind failure
+
+#[test]
+fn child_token() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let _p = profiler::Profiler::builder()
+        .http_addr("127.0.0.1:0")
+        .http_token("s3cret")
+        .output_dir(std::env::temp_dir().join("profiler-http-token-test"))
+        .start()
+        .unwrap();
+    let addr = profiler::http_local_addr().unwrap();
+    let path = "/debug/pprof/";
+    let none = get(addr, path).status;
+    let wrong = request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n"),
+    )
+    .status;
+    let right = request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nauthorization: Bearer s3cret\r\n\r\n"),
+    )
+    .status;
+    println!("TOKEN none={none} wrong={wrong} right={right}");
+    std::process::exit(0);
+}
+
+#[test]
+fn child_bind_failure() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let _p = profiler::Profiler::builder()
+        .http_addr(addr.to_string())
+        .output_dir(std::env::var("PROFILER_DIR").unwrap())
+        .start()
+        .unwrap();
+    println!("BOUND_TO {addr}");
+    profiler::run("still_sampled", || {
+        burn_for(Duration::from_millis(200), http_hot_b)
+    });
+    std::process::exit(0);
+}
+
+fn run_child(test: &str, dir: &std::path::Path) -> (String, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env("PROFILER_DIR", dir)
+        .env_remove("PROFILER_HTTP_ADDR")
+        .env_remove("PROFILER_HTTP_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_token_is_required_when_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = run_child("child_token", dir.path());
+    assert!(
+        stdout.contains("TOKEN none=401 wrong=401 right=200"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_bind_failure_is_logged_and_sampling_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = run_child("child_bind_failure", dir.path());
+    // libtest's "test name ... " progress text may share the line.
+    let addr = stdout
+        .lines()
+        .find_map(|l| l.split("BOUND_TO ").nth(1))
+        .expect("child printed its address");
+    assert!(
+        stderr.contains(&format!("cannot serve profiles over HTTP on {addr}")),
+        "{stderr}"
+    );
+    let p = read_profile(&dir.path().join("still_sampled.pb.gz"));
+    assert!(cpu_of(&p) > 0.0);
+}
