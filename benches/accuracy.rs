@@ -370,9 +370,293 @@ fn figures(run: &Run, hz: u32) -> Figures {
     }
 }
 
+// ---------------------------------------------------------------- wall-clock mode
+
+/// Time spent inside each phase function of one thread, measured by the thread itself.
+#[derive(Default)]
+struct Phases(BTreeMap<&'static str, Duration>);
+
+impl Phases {
+    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        *self.0.entry(name).or_default() += t.elapsed();
+        out
+    }
+}
+
+#[inline(never)]
+fn wall_burn(d: Duration) -> u64 {
+    let until = Instant::now() + d;
+    let mut acc = 0;
+    while Instant::now() < until {
+        acc ^= spin::<77>(10_000);
+    }
+    acc
+}
+
+#[inline(never)]
+fn wall_sleep(d: Duration) {
+    std::thread::sleep(black_box(d));
+}
+
+#[inline(never)]
+fn wall_channel_wait(rx: &std::sync::mpsc::Receiver<u64>) -> u64 {
+    rx.recv().unwrap_or(0)
+}
+
+#[inline(never)]
+fn wall_mutex_wait(m: &std::sync::Mutex<u64>) -> u64 {
+    *m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Three registered threads with known phases for `seconds`, profiled at `hz` (CPU and wall).
+fn wall_child(hz: u32, seconds: f64) {
+    let dir = std::env::temp_dir().join(format!("accuracy-wall-{}", std::process::id()));
+    let _p = profiler_runtime::Profiler::builder()
+        .output_dir(&dir)
+        .frequency(hz)
+        .wall_frequency(hz)
+        .dump_interval(Duration::from_secs(3600))
+        .start()
+        .expect("start");
+    let run_for = Duration::from_secs_f64(seconds);
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let lock = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Unregistered helpers: a sender every 50 ms, a lock holder 40 ms of every 50 ms.
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = tx.send(1);
+            }
+        })
+    };
+    let holder = {
+        let (lock, stop) = (lock.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let g = lock.lock().unwrap();
+                std::thread::sleep(Duration::from_millis(40));
+                drop(g);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let phased = |name: &'static str, body: Box<dyn Fn(&mut Phases) + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _g = profiler_runtime::enter(name);
+                let (start, mut phases) = (Instant::now(), Phases::default());
+                while start.elapsed() < run_for {
+                    body(&mut phases);
+                }
+                (name, phases, start.elapsed())
+            })
+            .unwrap()
+    };
+    let w0 = phased(
+        "sleep_3to1_burn",
+        Box::new(|ph| {
+            ph.time("wall_burn", || wall_burn(Duration::from_millis(25)));
+            ph.time("wall_sleep", || wall_sleep(Duration::from_millis(75)));
+        }),
+    );
+    let rx = std::sync::Mutex::new(rx);
+    let w1 = phased(
+        "channel_wait",
+        Box::new(move |ph| {
+            let rx = rx.lock().unwrap();
+            ph.time("wall_channel_wait", || wall_channel_wait(&rx));
+            ph.time("wall_burn", || wall_burn(Duration::from_millis(10)));
+        }),
+    );
+    let lock2 = lock.clone();
+    let w2 = phased(
+        "mutex_wait",
+        Box::new(move |ph| {
+            ph.time("wall_mutex_wait", || wall_mutex_wait(&lock2));
+            ph.time("wall_burn", || wall_burn(Duration::from_millis(10)));
+        }),
+    );
+    let results: Vec<_> = [w0, w1, w2]
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = (sender.join(), holder.join());
+    assert!(profiler_runtime::flush());
+    let bytes = std::fs::read(dir.join(profiler_runtime::MERGED_FILE)).unwrap();
+    let p = profiler_runtime::pprof::decode_gz(&bytes).unwrap();
+    let wall_i = p.sample_type_index("wall").unwrap();
+    for (thread, phases, registered) in results {
+        let samples: Vec<_> = p
+            .sample
+            .iter()
+            .filter(|s| p.label_str(s, "thread_name") == Some(thread))
+            .collect();
+        let total: f64 = samples.iter().map(|s| s.value[wall_i] as f64).sum();
+        println!(
+            "WALLTOTAL thread={thread} prof={} truth={}",
+            total / 1e9,
+            registered.as_secs_f64()
+        );
+        for (phase, spent) in &phases.0 {
+            let (mut wall, mut waiting) = (0.0, 0.0);
+            for s in &samples {
+                if p.stack_names(s)
+                    .iter()
+                    .any(|n| n.ends_with(&format!("::{phase}")))
+                {
+                    wall += s.value[wall_i] as f64;
+                    if p.label_str(s, "state") == Some("waiting") {
+                        waiting += s.value[wall_i] as f64;
+                    }
+                }
+            }
+            println!(
+                "WALL thread={thread} phase={phase} prof={} truth={} waiting={}",
+                wall / total.max(1.0),
+                spent.as_secs_f64() / registered.as_secs_f64(),
+                waiting / wall.max(1.0)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Process CPU seconds while `n` registered threads sleep for `seconds`, wall sampling at `hz`.
+fn idle_child(n: usize, hz: u32, seconds: f64) {
+    let _p = profiler_runtime::Profiler::builder()
+        .output_dir(std::env::temp_dir().join(format!("accuracy-idle-{}", std::process::id())))
+        .wall_frequency(hz)
+        .dump_interval(Duration::from_secs(3600))
+        .start()
+        .expect("start");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let _g = profiler_runtime::enter(&format!("idle{i}"));
+                barrier.wait();
+                std::thread::sleep(Duration::from_secs_f64(seconds));
+            })
+        })
+        .collect();
+    barrier.wait();
+    let cpu0 = process_cpu();
+    for t in threads {
+        t.join().unwrap();
+    }
+    println!("IDLE cpu={}", process_cpu() - cpu0);
+}
+
+fn wall_tables(quick: bool) {
+    let seconds = 3.0;
+    println!();
+    println!("## Wall-clock mode, 99 Hz: three threads with known phases for {seconds} s");
+    println!();
+    println!("Ground truth: time inside each phase function, measured by the thread. `error` = |profiled wall share - measured share|.");
+    println!();
+    println!(
+        "| thread | phase | measured share | profiled share | error pp | `state=waiting` share |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, format!("mode=wall hz=99 seconds={seconds}"))
+        .output()
+        .expect("wall child");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |l: &str, k: &str| -> String {
+        l.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut worst = 0.0f64;
+    for l in text.lines().filter(|l| l.starts_with("WALL ")) {
+        let (prof, truth) = (kv(l, "prof"), kv(l, "truth"));
+        worst = worst.max((prof - truth).abs() * 100.0);
+        println!(
+            "| {} | {} | {:.1}% | {:.1}% | {:.2} | {:.1}% |",
+            field(l, "thread"),
+            field(l, "phase"),
+            truth * 100.0,
+            prof * 100.0,
+            (prof - truth).abs() * 100.0,
+            kv(l, "waiting") * 100.0
+        );
+    }
+    println!();
+    for l in text.lines().filter(|l| l.starts_with("WALLTOTAL")) {
+        println!(
+            "Total wall of `{}`: {:.3} s profiled vs {:.3} s registered ({:+.2}%)",
+            field(l, "thread"),
+            kv(l, "prof"),
+            kv(l, "truth"),
+            (kv(l, "prof") / kv(l, "truth") - 1.0) * 100.0
+        );
+    }
+    println!("Worst per-function wall share error: {worst:.2} pp");
+    println!();
+    println!("### Cost of wall sampling on idle (blocked) registered threads, 99 Hz, {seconds} s");
+    println!();
+    println!("| idle threads | process CPU, wall off | process CPU, wall 99 Hz | per idle thread (% of one core) | per wall sample |");
+    println!("|---|---|---|---|---|");
+    let reps = if quick { 1 } else { 3 };
+    for n in [10usize, 100] {
+        let cpu = |hz: u32| -> f64 {
+            median(
+                (0..reps)
+                    .map(|_| {
+                        let out = Command::new(std::env::current_exe().unwrap())
+                            .env(
+                                CHILD_ENV,
+                                format!("mode=idle n={n} hz={hz} seconds={seconds}"),
+                            )
+                            .output()
+                            .expect("idle child");
+                        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                        text.lines()
+                            .find(|l| l.starts_with("IDLE"))
+                            .map_or(0.0, |l| kv(l, "cpu"))
+                    })
+                    .collect(),
+            )
+        };
+        let (off, on) = (cpu(0), cpu(99));
+        let per_thread = (on - off) / seconds / n as f64 * 100.0;
+        let per_sample_us = (on - off) / (n as f64 * 99.0 * seconds) * 1e6;
+        println!("| {n} | {off:.4} s | {on:.4} s | {per_thread:.4}% | {per_sample_us:.2} µs |");
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
-        child(&spec);
+        let arg = |k: &str| -> String {
+            spec.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match arg("mode").as_str() {
+            "wall" => wall_child(arg("hz").parse().unwrap(), arg("seconds").parse().unwrap()),
+            "idle" => idle_child(
+                arg("n").parse().unwrap(),
+                arg("hz").parse().unwrap(),
+                arg("seconds").parse().unwrap(),
+            ),
+            _ => child(&spec),
+        }
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
@@ -392,6 +676,10 @@ fn main() {
     println!("unreg = samples on unregistered threads; wall/CPU = process wall and CPU time vs no profiler;");
     println!("dump = first report/dump, then a second one (ms); RSS = peak RSS growth (MiB).");
     let started = Instant::now();
+    if std::env::args().any(|a| a == "--wall-only") {
+        wall_tables(quick);
+        return;
+    }
     let mut summary = Vec::new();
     let plan: Vec<(u32, u32)> = [99u32, 999]
         .iter()
@@ -448,6 +736,7 @@ fn main() {
             }
         }
     }
+    wall_tables(quick);
     println!();
     for which in ["pprof", "ours"] {
         for hz in [99, 999] {

@@ -14,6 +14,9 @@
 //!   cannot make it fault.
 //! - `SampleBuffer::begin`/`push`/`commit`: relaxed/acquire/release atomic loads and stores
 //!   into memory allocated at registration.
+//! - Wall samples read the instruction at (or just before) the interrupted pc, 2 or 4 bytes,
+//!   only after `CodeMap::contains_code` (a binary search) confirmed they lie in a loaded
+//!   object's executable segment, and the return register from the ucontext.
 //!
 //! Nothing here allocates, locks, formats, does I/O, or can panic (no indexing that can fail, no
 //! unwrap); SIGPROF is blocked while the handler runs, so it never re-enters itself.
@@ -79,27 +82,82 @@ unsafe fn take_sample(info: *mut siginfo_t, context: *mut c_void) {
     let weight = 1 + info.timer.overrun.max(0) as u64;
     // SAFETY: we are the signal handler on the slot's owning thread (see above).
     let state = unsafe { slot.handler_state() };
-    let kind = match info.timer.value as usize {
-        TIMER_CPU => SampleKind::Cpu,
-        TIMER_WALL => {
-            let now = thread_cpu_ns();
-            let ran = now.saturating_sub(state.last_wall_cpu_ns);
-            state.last_wall_cpu_ns = now;
-            if ran.saturating_mul(2) >= slot.wall_period_ns * weight {
-                SampleKind::WallRunning
-            } else {
-                SampleKind::WallWaiting
-            }
-        }
-        _ => return,
-    };
+    let timer = info.timer.value as usize;
+    if timer != TIMER_CPU && timer != TIMER_WALL {
+        return;
+    }
     let Some(mut record) = slot.buffer.begin() else {
         return;
     };
     // SAFETY: `context` is the ucontext_t of the interrupted code.
     let (pc, regs, sp) = unsafe { registers(context) };
-    let truncated = unwind(slot, pc, regs, sp, &mut state.unwind_cache, &mut record);
+    let code = UnwinderUse::begin();
+    let kind = if timer == TIMER_CPU {
+        SampleKind::Cpu
+    } else {
+        let now = thread_cpu_ns();
+        let ran = now.saturating_sub(state.last_wall_cpu_ns);
+        state.last_wall_cpu_ns = now;
+        // A thread interrupted in a blocking system call is waiting, whatever CPU it used
+        // since the last wall sample (it may have just gone to sleep after a burst). One that
+        // was blocked at the previous wall sample and is now in user code has woken since,
+        // and used no CPU before waking: it is running. Otherwise at least half a wall period
+        // of CPU since the previous wall sample means running.
+        // SAFETY: `context` is the ucontext_t of the interrupted code.
+        let ret = unsafe { syscall_return(context) };
+        let blocked = code.get().is_some_and(|map| in_syscall(map, pc, ret));
+        let woke = std::mem::replace(&mut state.last_wall_blocked, blocked);
+        if blocked {
+            SampleKind::WallWaiting
+        } else if woke || ran.saturating_mul(2) >= slot.wall_period_ns * weight {
+            SampleKind::WallRunning
+        } else {
+            SampleKind::WallWaiting
+        }
+    };
+    let truncated = unwind(
+        &code,
+        slot,
+        pc,
+        regs,
+        sp,
+        &mut state.unwind_cache,
+        &mut record,
+    );
     record.commit(kind, slot.tag(), weight, truncated);
+}
+
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_INSN: &[u8] = &[0x0f, 0x05]; // syscall
+#[cfg(target_arch = "aarch64")]
+const SYSCALL_INSN: &[u8] = &[0x01, 0x00, 0x00, 0xd4]; // svc #0
+
+/// Whether the signal interrupted a blocking system call. Two shapes, both set up by the
+/// kernel before it runs a handler: a call that will be restarted (`SA_RESTART` on futex,
+/// read, ...) has pc rewound onto the syscall instruction; a call that returns `EINTR`
+/// whatever the flags (nanosleep, epoll_wait, poll, ...) has pc just after it and `-EINTR` in
+/// the return register.
+fn in_syscall(map: &crate::unwind::CodeMap, pc: u64, ret: i64) -> bool {
+    let len = SYSCALL_INSN.len() as u64;
+    if is_insn(map, pc, SYSCALL_INSN) {
+        return true;
+    }
+    ret == -i64::from(libc::EINTR)
+        && pc
+            .checked_sub(len)
+            .is_some_and(|at| is_insn(map, at, SYSCALL_INSN))
+}
+
+/// Whether the bytes at `addr` are `insn`, reading only inside a loaded object's code.
+fn is_insn(map: &crate::unwind::CodeMap, addr: u64, insn: &[u8]) -> bool {
+    if !map.contains_code(addr, insn.len() as u64) {
+        return false;
+    }
+    // SAFETY: addr..addr+len lies inside an executable segment of a loaded object, which stays
+    // mapped readable while the object is loaded; the code map that says so is kept alive by
+    // the caller's `UnwinderUse`, and objects are not unloaded while their code runs.
+    let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, insn.len()) };
+    bytes == insn
 }
 
 fn thread_cpu_ns() -> u64 {
@@ -117,6 +175,7 @@ fn thread_cpu_ns() -> u64 {
 /// Writes frame lookup addresses (leaf first) into `record`; returns true if the stack was
 /// deeper than the record holds.
 fn unwind(
+    code: &UnwinderUse,
     slot: &ThreadSlot,
     pc: u64,
     regs: framehop::UnwindRegsNative,
@@ -125,11 +184,11 @@ fn unwind(
     record: &mut RecordWriter<'_>,
 ) -> bool {
     let top = slot.stack_top.load(std::sync::atomic::Ordering::Relaxed);
-    let unwinder = UnwinderUse::begin();
-    let Some(unwinder) = unwinder.get() else {
+    let Some(map) = code.get() else {
         record.push(pc);
         return false;
     };
+    let unwinder = &map.unwinder;
     let mut read_stack = |addr: u64| {
         if addr >= sp && addr.checked_add(8).is_some_and(|end| end <= top) {
             // SAFETY: [sp, top) is this thread's stack above the interrupted frame: mapped and
@@ -174,4 +233,26 @@ unsafe fn registers(context: *mut c_void) -> (u64, framehop::UnwindRegsNative, u
     let mc = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext };
     let (pc, sp, fp, lr) = (mc.pc, mc.sp, mc.regs[29], mc.regs[30]);
     (pc, framehop::UnwindRegsNative::new(lr, sp, fp), sp)
+}
+
+/// The system call return register of the interrupted code (`rax`).
+///
+/// # Safety
+/// `context` must point to the `ucontext_t` the kernel passed to the handler.
+#[cfg(target_arch = "x86_64")]
+unsafe fn syscall_return(context: *mut c_void) -> i64 {
+    // SAFETY: the caller passes the kernel's ucontext_t.
+    let gregs = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext.gregs };
+    gregs[libc::REG_RAX as usize]
+}
+
+/// The system call return register of the interrupted code (`x0`).
+///
+/// # Safety
+/// `context` must point to the `ucontext_t` the kernel passed to the handler.
+#[cfg(target_arch = "aarch64")]
+unsafe fn syscall_return(context: *mut c_void) -> i64 {
+    // SAFETY: the caller passes the kernel's ucontext_t.
+    let mc = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext };
+    mc.regs[0] as i64
 }

@@ -27,6 +27,8 @@ pub(crate) struct HandlerState {
     pub unwind_cache: Box<crate::unwind::Cache>,
     /// The thread's CPU time at its previous wall sample, in ns (for the `state` label).
     pub last_wall_cpu_ns: u64,
+    /// Whether the previous wall sample found the thread blocked in a system call.
+    pub last_wall_blocked: bool,
 }
 
 /// One registered thread's sampling state.
@@ -65,6 +67,7 @@ impl ThreadSlot {
                 #[cfg(profiler_sampling)]
                 unwind_cache: Box::default(),
                 last_wall_cpu_ns: thread_cpu_ns,
+                last_wall_blocked: false,
             }),
         }
     }

@@ -19,12 +19,32 @@ pub(crate) type Unwinder = framehop::UnwinderNative<Vec<u8>, MustNotAllocateDuri
 /// Per-thread unwind rule cache, allocated at registration.
 pub(crate) type Cache = framehop::CacheNative<MustNotAllocateDuringUnwind>;
 
-static CURRENT: AtomicPtr<Unwinder> = AtomicPtr::new(std::ptr::null_mut());
+/// What the handler knows about the loaded code: unwind tables and executable ranges.
+pub(crate) struct CodeMap {
+    pub unwinder: Unwinder,
+    /// Executable (and readable) ranges of the loaded objects, sorted by start.
+    text: Vec<(u64, u64)>,
+}
+
+impl CodeMap {
+    /// Whether `addr..addr+len` lies inside the text of one loaded object. Async-signal-safe:
+    /// a binary search over a slice.
+    #[inline]
+    pub(crate) fn contains_code(&self, addr: u64, len: u64) -> bool {
+        let i = self.text.partition_point(|&(start, _)| start <= addr);
+        i > 0
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.text[i - 1].1)
+    }
+}
+
+static CURRENT: AtomicPtr<CodeMap> = AtomicPtr::new(std::ptr::null_mut());
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static BUILT_FOR: Mutex<Option<Generation>> = Mutex::new(None);
 
 /// Held by the handler while it unwinds; keeps the current unwinder alive.
-pub(crate) struct UnwinderUse(*const Unwinder);
+pub(crate) struct UnwinderUse(*const CodeMap);
 
 impl UnwinderUse {
     /// Async-signal-safe: two atomic operations.
@@ -34,9 +54,9 @@ impl UnwinderUse {
         UnwinderUse(CURRENT.load(Ordering::SeqCst))
     }
 
-    /// The unwinder, if one was built.
+    /// The code map, if one was built.
     #[inline]
-    pub(crate) fn get(&self) -> Option<&Unwinder> {
+    pub(crate) fn get(&self) -> Option<&CodeMap> {
         // SAFETY: a non-null pointer came from `Box::into_raw` in `refresh`, and `refresh`
         // frees a replaced unwinder only after IN_FLIGHT returned to zero, which cannot happen
         // while this `UnwinderUse` (counted in IN_FLIGHT) is alive.
@@ -51,9 +71,11 @@ impl Drop for UnwinderUse {
     }
 }
 
-fn build() -> (Unwinder, Generation) {
+fn build() -> (CodeMap, Generation) {
     let (objs, generation) = objects::loaded_objects(true);
     let mut unwinder = Unwinder::new();
+    let mut text: Vec<(u64, u64)> = objs.iter().map(|o| (o.text.start, o.text.end)).collect();
+    text.sort_unstable();
     for o in objs {
         let (Some((hdr_addr, hdr)), Some((eh_addr, eh))) = (o.eh_frame_hdr, o.eh_frame) else {
             continue;
@@ -70,7 +92,7 @@ fn build() -> (Unwinder, Generation) {
         };
         unwinder.add_module(framehop::Module::new(o.path, o.text, o.bias, info));
     }
-    (unwinder, generation)
+    (CodeMap { unwinder, text }, generation)
 }
 
 /// Builds the unwinder if none exists or objects were loaded/unloaded since the last build.
@@ -81,9 +103,9 @@ pub(crate) fn refresh() {
     if *built == Some(now) && !CURRENT.load(Ordering::SeqCst).is_null() {
         return;
     }
-    let (unwinder, generation) = build();
+    let (map, generation) = build();
     *built = Some(generation);
-    let old = CURRENT.swap(Box::into_raw(Box::new(unwinder)), Ordering::SeqCst);
+    let old = CURRENT.swap(Box::into_raw(Box::new(map)), Ordering::SeqCst);
     if old.is_null() {
         return;
     }
