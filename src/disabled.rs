@@ -177,3 +177,23 @@ pub struct ThreadInfo {
 pub fn live_threads() -> Vec<ThreadInfo> {
     Vec::new()
 }
+
+/// Counters of the profiler (feature off: always zero).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Timer periods recorded.
+    pub samples: u64,
+    /// Samples lost because a buffer was full.
+    pub dropped: u64,
+    /// Threads registered now.
+    pub live_threads: usize,
+    /// Dumps that wrote every file.
+    pub dumps: u64,
+    /// Dumps in which a file could not be written.
+    pub failed_dumps: u64,
+}
+
+/// Always all zero.
+pub fn stats() -> Stats {
+    Stats::default()
+}

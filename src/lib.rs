@@ -35,8 +35,8 @@ pub use profiler_macros::profiled_thread;
 
 #[cfg(feature = "enabled")]
 pub use profiler_runtime::{
-    enter, flush, live_threads, pprof, run, shutdown, spawn, Config, Profiler, ProfilerBuilder,
-    StartError, ThreadGuard, ThreadInfo, MERGED_FILE,
+    enter, flush, live_threads, pprof, run, shutdown, spawn, stats, Config, Profiler,
+    ProfilerBuilder, StartError, Stats, ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
 /// The address the HTTP endpoint listens on, once bound (`http` feature).
@@ -47,8 +47,8 @@ pub use profiler_runtime::http_local_addr;
 mod disabled;
 #[cfg(not(feature = "enabled"))]
 pub use disabled::{
-    enter, flush, live_threads, run, shutdown, spawn, Config, Profiler, ProfilerBuilder,
-    StartError, ThreadGuard, ThreadInfo, MERGED_FILE,
+    enter, flush, live_threads, run, shutdown, spawn, stats, Config, Profiler, ProfilerBuilder,
+    StartError, Stats, ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
 /// Support for the code `#[profiled_thread]` generates. Not public API.

@@ -230,7 +230,7 @@ fn a_sleep_burn_split_lands_in_the_right_functions_and_states() {
     );
     assert_eq!(p.string(p.default_sample_type), "cpu");
     let (mut sleep_wall, mut burn_wall, mut total_wall) = (0.0, 0.0, 0.0);
-    let (mut sleep_waiting, mut sleep_cpu) = (0.0, 0.0);
+    let (mut sleep_waiting, mut sleep_cpu, mut burn_running) = (0.0, 0.0, 0.0);
     for s in &p.sample {
         let names = p.stack_names(s);
         let in_sleep = names.iter().any(|n| n.ends_with("::sleep_phase"));
@@ -252,6 +252,9 @@ fn a_sleep_burn_split_lands_in_the_right_functions_and_states() {
         }
         if in_burn {
             burn_wall += w;
+            if p.label_str(s, "state") == Some("running") {
+                burn_running += w;
+            }
         }
     }
     let (share, truth) = (sleep_wall / total_wall, asleep / registered);
@@ -268,6 +271,12 @@ fn a_sleep_burn_split_lands_in_the_right_functions_and_states() {
         sleep_waiting / sleep_wall > 0.9,
         "asleep but not waiting: {:.2}",
         sleep_waiting / sleep_wall
+    );
+    // A burst right after a sleep is on CPU: the thread woke since the previous wall sample.
+    assert!(
+        burn_running / burn_wall > 0.8,
+        "burning but not running: {:.2}",
+        burn_running / burn_wall
     );
     // ~75% of the wall time is asleep; CPU samples there come only from timer expiries that fall
     // in the syscall's own entry/exit path (a few at most, one per transition).

@@ -87,18 +87,6 @@ impl Aggregator {
         let mut stats = DrainStats::default();
         let mut batch: Vec<(u32, StackKey, u64)> = Vec::new();
         for t in threads {
-            self.note_thread(t);
-            for w in windows.iter_mut() {
-                w.aggregator.note_thread(t);
-            }
-            let meta = self.threads.get_mut(&t.id).expect("noted above");
-            let dropped = t.slot.buffer.dropped();
-            if dropped > meta.dropped_seen {
-                let delta = dropped - meta.dropped_seen;
-                meta.dropped_seen = dropped;
-                stats.newly_dropped += delta;
-                self.tags.entry(t.slot.tag()).or_default().dropped += delta;
-            }
             batch.clear();
             stats.records += t.slot.buffer.drain(&mut self.scratch, |r| {
                 let key = StackKey {
@@ -109,7 +97,26 @@ impl Aggregator {
                 };
                 batch.push((r.tag, key, r.weight));
             });
+            let dropped = t.slot.buffer.dropped();
+            let seen = self.threads.get(&t.id).map_or(0, |m| m.dropped_seen);
+            if batch.is_empty() && dropped <= seen {
+                // Nothing new: a thread that never had a sample leaves no trace here, so
+                // short-lived threads cost no memory once they are gone.
+                continue;
+            }
+            if dropped > seen {
+                let delta = dropped - seen;
+                stats.newly_dropped += delta;
+                self.tags.entry(t.slot.tag()).or_default().dropped += delta;
+            }
+            self.note_thread(t).dropped_seen = dropped;
             for w in windows.iter_mut() {
+                if batch
+                    .iter()
+                    .any(|(tag, ..)| w.tag.is_none_or(|only| only == *tag))
+                {
+                    w.aggregator.note_thread(t);
+                }
                 for (tag, key, weight) in &batch {
                     if w.tag.is_none_or(|only| only == *tag) {
                         w.aggregator.add(*tag, key.clone(), *weight);
@@ -123,12 +130,12 @@ impl Aggregator {
         stats
     }
 
-    fn note_thread(&mut self, t: &ThreadRecord) {
+    fn note_thread(&mut self, t: &ThreadRecord) -> &mut ThreadMeta {
         self.threads.entry(t.id).or_insert_with(|| ThreadMeta {
             tid: t.tid,
             name: t.name.clone(),
             dropped_seen: 0,
-        });
+        })
     }
 
     fn add(&mut self, tag: u32, key: StackKey, weight: u64) {

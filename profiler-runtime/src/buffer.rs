@@ -2,10 +2,21 @@
 //!
 //! The producer is the signal handler of the one thread that owns the buffer; the consumer is
 //! the dump thread. Both sides only load and store atomics: no locks, no allocation after
-//! construction, no `unsafe`. A record is a header word, a weight word and `depth` frame
-//! addresses (leaf first). When a record does not fit, the sample is counted as dropped.
+//! construction. A record is a header word, a weight word and `depth` frame addresses (leaf
+//! first). When a record does not fit, the sample is counted as dropped.
+//!
+//! The words live in memory mapped for the ring alone (`RingMemory`), not in the allocator's
+//! heap: a registered thread's ring is allocated on that thread, and with glibc each thread
+//! allocates from one of several arenas that return freed memory to the OS only from their top.
+//! 20,000 short-lived registered threads grew RSS by hundreds of MiB that way; a mapping is
+//! returned whole on drop, and only the pages written count as resident.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Timer periods recorded by every buffer of the process (sum of committed weights).
+pub(crate) static PERIODS_RECORDED: AtomicU64 = AtomicU64::new(0);
+/// Samples dropped by every buffer of the process because it was full.
+pub(crate) static RECORDS_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Deepest stack recorded; deeper stacks are cut at the root end and flagged truncated.
 pub const MAX_DEPTH: usize = 256;
@@ -49,9 +60,93 @@ pub struct Record<'a> {
     pub frames: &'a [u64],
 }
 
+/// Zero-initialised words for one ring: an anonymous private mapping on Unix, a heap
+/// allocation where mapping is unavailable or fails.
+struct RingMemory {
+    ptr: std::ptr::NonNull<AtomicU64>,
+    len: usize,
+    mapped: bool,
+}
+
+// SAFETY: the memory is owned by this value and only reached through `&[AtomicU64]`, which is
+// itself Send and Sync.
+unsafe impl Send for RingMemory {}
+// SAFETY: as above.
+unsafe impl Sync for RingMemory {}
+
+impl RingMemory {
+    fn new(len: usize) -> RingMemory {
+        #[cfg(unix)]
+        {
+            let bytes = len * std::mem::size_of::<AtomicU64>();
+            // SAFETY: an anonymous private mapping of `bytes` bytes at an address the kernel
+            // picks; no existing memory is affected. The result is checked below.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    bytes,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if ptr != libc::MAP_FAILED {
+                if let Some(ptr) = std::ptr::NonNull::new(ptr.cast::<AtomicU64>()) {
+                    // Anonymous mappings are zero-filled: valid `AtomicU64(0)` words.
+                    return RingMemory {
+                        ptr,
+                        len,
+                        mapped: true,
+                    };
+                }
+            }
+        }
+        let words: Box<[AtomicU64]> = (0..len).map(|_| AtomicU64::new(0)).collect();
+        let ptr = std::ptr::NonNull::from(Box::leak(words)).cast::<AtomicU64>();
+        RingMemory {
+            ptr,
+            len,
+            mapped: false,
+        }
+    }
+
+    #[inline]
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `ptr` points to `len` initialised (zero or since stored) words that live
+        // until `drop`, and are only accessed atomically.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        if self.mapped {
+            #[cfg(unix)]
+            // SAFETY: unmaps exactly the mapping made in `new`, once; no reference into it
+            // outlives `self`.
+            unsafe {
+                libc::munmap(
+                    self.ptr.as_ptr().cast(),
+                    self.len * std::mem::size_of::<AtomicU64>(),
+                );
+            }
+        } else {
+            // SAFETY: the pointer came from `Box::leak` of a boxed slice of `len` words in
+            // `new` and is released once, here.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                ))
+            });
+        }
+    }
+}
+
 /// The ring. `head` counts words ever written, `tail` words ever consumed.
 pub struct SampleBuffer {
-    words: Box<[AtomicU64]>,
+    words: RingMemory,
     mask: u64,
     head: AtomicU64,
     tail: AtomicU64,
@@ -73,7 +168,7 @@ impl SampleBuffer {
             .max(2 * (MAX_DEPTH + HEADER_WORDS as usize))
             .next_power_of_two();
         SampleBuffer {
-            words: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+            words: RingMemory::new(cap),
             mask: cap as u64 - 1,
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
@@ -85,9 +180,10 @@ impl SampleBuffer {
     pub fn begin(&self) -> Option<RecordWriter<'_>> {
         let head = self.head.load(Ordering::Relaxed);
         let tail = self.tail.load(Ordering::Acquire);
-        let free = self.words.len() as u64 - (head - tail);
+        let free = self.words.len as u64 - (head - tail);
         if free < HEADER_WORDS + MAX_DEPTH as u64 {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            RECORDS_DROPPED.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some(RecordWriter {
@@ -98,11 +194,19 @@ impl SampleBuffer {
     }
 
     fn store(&self, pos: u64, value: u64) {
-        self.words[(pos & self.mask) as usize].store(value, Ordering::Relaxed);
+        self.words.words()[(pos & self.mask) as usize].store(value, Ordering::Relaxed);
     }
 
     fn load(&self, pos: u64) -> u64 {
-        self.words[(pos & self.mask) as usize].load(Ordering::Relaxed)
+        self.words.words()[(pos & self.mask) as usize].load(Ordering::Relaxed)
+    }
+
+    /// Empties the buffer for reuse by another thread (exclusive access: no producer or
+    /// consumer can be active).
+    pub(crate) fn clear(&mut self) {
+        *self.head.get_mut() = 0;
+        *self.tail.get_mut() = 0;
+        *self.dropped.get_mut() = 0;
     }
 
     /// Samples dropped so far because the buffer was full.
@@ -157,6 +261,7 @@ impl RecordWriter<'_> {
         self.buf
             .head
             .store(self.start + HEADER_WORDS + self.depth, Ordering::Release);
+        PERIODS_RECORDED.fetch_add(weight, Ordering::Relaxed);
     }
 }
 
@@ -168,7 +273,7 @@ mod tests {
     #[test]
     fn records_come_back_in_order_and_full_buffer_counts_drops() {
         let buf = SampleBuffer::new(0);
-        let cap = buf.words.len();
+        let cap = buf.words.len;
         let per = 10u64;
         let fits = cap as u64 / (HEADER_WORDS + per);
         let mut written = 0u64;

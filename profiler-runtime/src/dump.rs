@@ -10,11 +10,12 @@ use std::fs;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::aggregate::{Aggregator, Periods, Window};
+use crate::aggregate::{Aggregator, DrainStats, Periods, Window};
 use crate::diagnostics::{error, warn};
 use crate::objects;
 use crate::pprof::{encode_gz, Profile};
@@ -23,6 +24,18 @@ use crate::symbolize::Symbolizer;
 
 /// Name of the profile of all tags together.
 pub const MERGED_FILE: &str = "_merged.pb.gz";
+
+/// Dumps that wrote every file, and dumps where at least one file failed.
+pub(crate) static DUMPS_WRITTEN: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DUMPS_FAILED: AtomicU64 = AtomicU64::new(0);
+static INJECT_PANIC: AtomicBool = AtomicBool::new(false);
+
+/// Makes the next dump panic inside the dump thread, to test that the host program and later
+/// dumps survive a bug in the profiler. Not public API.
+#[doc(hidden)]
+pub fn __inject_dump_panic() {
+    INJECT_PANIC.store(true, Ordering::SeqCst);
+}
 
 /// How often rings are drained between dumps.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -44,6 +57,8 @@ pub(crate) enum Command {
     /// Samples so far per tag name.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     Counts(Sender<Vec<(String, u64)>>),
+    /// A thread unregistered: drain its ring now so that its slot can serve the next thread.
+    Retired,
 }
 
 /// Handle to the dump thread.
@@ -93,8 +108,7 @@ impl DumpLoop {
         })
     }
 
-    /// A handle to send commands to the dump thread (for the HTTP server).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    /// A handle to send commands to the dump thread.
     pub(crate) fn commands(&self) -> Sender<Command> {
         self.commands.clone()
     }
@@ -130,18 +144,29 @@ impl DumpState {
     fn run(mut self, commands: Receiver<Command>) {
         let interval = self.rt.config.dump_interval;
         let mut next_dump = Instant::now() + interval;
+        let mut next_drain = Instant::now() + DRAIN_EVERY;
         loop {
             let wait = next_dump
-                .saturating_duration_since(Instant::now())
-                .min(DRAIN_EVERY);
-            let command = match commands.recv_timeout(wait) {
+                .min(next_drain)
+                .saturating_duration_since(Instant::now());
+            let mut command = match commands.recv_timeout(wait) {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
             };
+            if matches!(command, Some(Command::Retired)) {
+                // Cheap path, possibly thousands of times a second under thread churn: only
+                // the ended threads' rings, not a full tick.
+                self.guarded("retire", |s| s.drain_retired(&mut DrainStats::default()));
+                if Instant::now() < next_drain.min(next_dump) {
+                    continue;
+                }
+                command = None;
+            }
             let due = Instant::now() >= next_dump;
             let write = due || matches!(command, Some(Command::Flush(_) | Command::Stop));
             self.guarded("tick", |s| s.tick(write));
+            next_drain = Instant::now() + DRAIN_EVERY;
             if due {
                 // Skip intervals missed while a dump was slow rather than bursting.
                 while next_dump <= Instant::now() {
@@ -190,7 +215,7 @@ impl DumpState {
                 let counts = self.aggregator.sample_counts();
                 let _ = reply.send(counts.into_iter().map(|(id, n)| (name(id), n)).collect());
             }
-            Command::Flush(_) | Command::Stop => {}
+            Command::Flush(_) | Command::Stop | Command::Retired => {}
         }
     }
 
@@ -214,16 +239,20 @@ impl DumpState {
         crate::unwind::refresh();
         if self.rt.sampling && !self.handler_lost_reported && !crate::sampler::still_installed() {
             self.handler_lost_reported = true;
+            // Our timers would feed the other handler with signals it did not ask for.
+            self.rt.registry.stop_sampling();
             error(
                 "sigprof-replaced",
-                "another component replaced the profiler's SIGPROF handler; samples are no longer \
-                 recorded (two SIGPROF profilers cannot run in one process)",
+                "another component replaced the profiler's SIGPROF handler; sampling stopped and \
+                 the profiles keep what was recorded so far (two SIGPROF profilers cannot run in \
+                 one process)",
             );
         }
+        let mut stats = DrainStats::default();
+        self.drain_retired(&mut stats);
         let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
-        let stats = self
-            .aggregator
-            .drain(&self.rt.registry.threads_to_drain(), &mut windows);
+        let live = self.rt.registry.live_records();
+        stats.newly_dropped += self.aggregator.drain(&live, &mut windows).newly_dropped;
         if stats.newly_dropped > 0 {
             warn(
                 "dropped-samples",
@@ -238,6 +267,18 @@ impl DumpState {
         }
     }
 
+    /// Drains the rings of threads that ended since the last call and hands their slots back
+    /// to the registry for reuse.
+    fn drain_retired(&mut self, stats: &mut DrainStats) {
+        let retired = self.rt.registry.take_retired();
+        if retired.is_empty() {
+            return;
+        }
+        let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
+        stats.newly_dropped += self.aggregator.drain(&retired, &mut windows).newly_dropped;
+        self.rt.registry.recycle(retired);
+    }
+
     fn write_all(&mut self) {
         let started = Instant::now();
         let dir = &self.rt.config.output_dir;
@@ -247,6 +288,7 @@ impl DumpState {
             return;
         }
         if let Err(e) = fs::create_dir_all(dir) {
+            DUMPS_FAILED.fetch_add(1, Ordering::Relaxed);
             error(
                 "dump-dir",
                 &format!(
@@ -264,29 +306,41 @@ impl DumpState {
             .map(|&id| (format!("{}.pb.gz", name(id)), Some(id)))
             .collect();
         files.push((MERGED_FILE.to_owned(), None));
-        let mut failed = 0;
+        let total = files.len();
+        let mut failures: Vec<String> = Vec::new();
         for (file, only) in files {
+            if INJECT_PANIC.swap(false, Ordering::SeqCst) {
+                panic!("injected dump panic (test hook)");
+            }
             let profile = self
                 .aggregator
                 .to_profile(only, &name, &mut self.symbols, &objects);
             let result = encode_gz(&profile).and_then(|bytes| write_atomic(dir, &file, &bytes));
             if let Err(e) = result {
-                failed += 1;
-                error(
-                    "dump-write",
-                    &format!(
-                        "cannot write profile {}: {e}; samples are kept for the next dump",
-                        dir.join(&file).display()
-                    ),
-                );
+                failures.push(format!("{file}: {e}"));
             }
         }
         self.dumps += 1;
+        if let Some(first) = failures.first() {
+            DUMPS_FAILED.fetch_add(1, Ordering::Relaxed);
+            // One error per failed dump, not one per file.
+            error(
+                "dump-write",
+                &format!(
+                    "cannot write {} of {total} profiles in {} (first: {first}); samples are \
+                     kept and written at the next dump",
+                    failures.len(),
+                    dir.display()
+                ),
+            );
+        } else {
+            DUMPS_WRITTEN.fetch_add(1, Ordering::Relaxed);
+        }
         log::trace!(
             "profile dump {} wrote {} files ({} failed) in {:?}; {} addresses symbolized",
             self.dumps,
-            tags.len() + 1,
-            failed,
+            total,
+            failures.len(),
             started.elapsed(),
             self.symbols.len()
         );

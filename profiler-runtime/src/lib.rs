@@ -63,14 +63,15 @@ mod unwind;
 #[cfg(feature = "enabled")]
 pub use config::Config;
 #[cfg(feature = "enabled")]
-pub use dump::MERGED_FILE;
+pub use dump::{__inject_dump_panic, MERGED_FILE};
 #[cfg(feature = "http")]
 pub use http::local_addr as http_local_addr;
 #[cfg(feature = "enabled")]
 pub use registry::{ThreadGuard, ThreadInfo};
 #[cfg(feature = "enabled")]
 pub use runtime::{
-    current_config, enter, flush, live_threads, shutdown, Profiler, ProfilerBuilder, StartError,
+    current_config, enter, flush, live_threads, shutdown, stats, Profiler, ProfilerBuilder,
+    StartError, Stats,
 };
 #[cfg(feature = "enabled")]
 pub use sampler::SignalError;

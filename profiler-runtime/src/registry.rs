@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{compiler_fence, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use crate::config::Config;
@@ -18,6 +18,9 @@ use crate::diagnostics::warn;
 use crate::sampler::{self, ThreadTimers};
 use crate::slot::{ThreadSlot, CURRENT_SLOT};
 use crate::tag;
+
+/// Idle slots kept for reuse (a 256 KiB ring each, of which only written pages are resident).
+const IDLE_SLOTS: usize = 16;
 
 /// A registered thread as the dump side sees it.
 #[derive(Clone)]
@@ -56,6 +59,9 @@ struct Inner {
     tag_ids: HashMap<String, u32>,
     threads: HashMap<u64, LiveThread>,
     retired: Vec<ThreadRecord>,
+    /// Slots of ended, fully drained threads, ready for the next registration: reusing one
+    /// skips allocating and mapping a ring, so churning threads register faster.
+    idle_slots: Vec<ThreadSlot>,
     next_id: u64,
     /// Whether new timers may be created (false after shutdown).
     sampling: bool,
@@ -64,6 +70,8 @@ struct Inner {
 /// Registered threads and interned tags.
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
+    /// Called after a thread unregistered.
+    on_retire: OnceLock<Box<dyn Fn() + Send + Sync>>,
     cpu_hz: u32,
     wall_hz: u32,
 }
@@ -71,7 +79,8 @@ pub(crate) struct Registry {
 /// This thread's registration, kept in TLS.
 struct Registration {
     id: u64,
-    slot: Arc<ThreadSlot>,
+    /// `None` only while the registration is being dropped.
+    slot: Option<Arc<ThreadSlot>>,
     /// (guard id, tag id), innermost last.
     guards: Vec<(u64, u32)>,
     next_guard: u64,
@@ -127,7 +136,9 @@ impl Drop for ThreadGuard {
             reg.guards.retain(|&(g, _)| g != self.id);
             match reg.guards.last() {
                 Some(&(_, tag)) => {
-                    reg.slot.current_tag.store(tag, Ordering::Relaxed);
+                    if let Some(slot) = &reg.slot {
+                        slot.current_tag.store(tag, Ordering::Relaxed);
+                    }
                     None
                 }
                 None => cell.take(),
@@ -147,6 +158,12 @@ impl Drop for Registration {
         // suffices to keep the store before the `Arc` release below.
         let _ = CURRENT_SLOT.try_with(|c| c.set(std::ptr::null()));
         compiler_fence(Ordering::SeqCst);
+        // Release this thread's reference before waking the dump thread, so that after its
+        // final drain the slot is unique and can serve the next registration.
+        self.slot = None;
+        if let Some(notify) = self.registry.on_retire.get() {
+            notify();
+        }
     }
 }
 
@@ -158,6 +175,7 @@ impl Registry {
                 next_id: 1,
                 ..Inner::default()
             }),
+            on_retire: OnceLock::new(),
             cpu_hz: config.frequency,
             wall_hz: config.wall_frequency,
         }
@@ -230,7 +248,9 @@ impl Registry {
             reg.next_guard += 1;
             let guard = reg.next_guard;
             reg.guards.push((guard, tag_id));
-            reg.slot.current_tag.store(tag_id, Ordering::Relaxed);
+            if let Some(slot) = &reg.slot {
+                slot.current_tag.store(tag_id, Ordering::Relaxed);
+            }
             Some(guard)
         });
         match nested {
@@ -265,12 +285,15 @@ impl Registry {
         } else {
             0
         };
-        let slot = Arc::new(ThreadSlot::new(
-            tag_id,
-            sampler::stack_top(),
-            wall_period,
-            sampler::thread_cpu_ns(),
-        ));
+        let (stack_top, cpu_now) = (sampler::stack_top(), sampler::thread_cpu_ns());
+        let idle = self.lock().idle_slots.pop();
+        let slot = Arc::new(match idle {
+            Some(mut slot) => {
+                slot.reuse(tag_id, stack_top, cpu_now);
+                slot
+            }
+            None => ThreadSlot::new(tag_id, stack_top, wall_period, cpu_now),
+        });
         let id = {
             let mut inner = self.lock();
             let id = inner.next_id;
@@ -311,7 +334,7 @@ impl Registry {
         log::debug!("registered thread {name:?} (tid {tid}) under tag {tag_name:?}");
         let registration = Registration {
             id,
-            slot,
+            slot: Some(slot),
             guards: vec![(1, tag_id)],
             next_guard: 1,
             registry: self,
@@ -330,23 +353,56 @@ impl Registry {
     /// Stops sampling thread `id` and queues its slot for a final drain.
     fn unregister(&self, id: u64) {
         let mut inner = self.lock();
-        if let Some(t) = inner.threads.remove(&id) {
-            drop(t.timers); // deletes the timers
-            log::debug!(
-                "unregistered thread {:?} (tid {})",
-                t.record.name,
-                t.record.tid
-            );
-            inner.retired.push(t.record);
+        let Some(t) = inner.threads.remove(&id) else {
+            return;
+        };
+        drop(t.timers); // deletes the timers
+        log::debug!(
+            "unregistered thread {:?} (tid {})",
+            t.record.name,
+            t.record.tid
+        );
+        inner.retired.push(t.record);
+    }
+
+    /// Sets what to call after a thread unregistered (the dump loop's wake-up), once.
+    pub(crate) fn set_on_retire(&self, notify: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_retire.set(notify);
+    }
+
+    /// Threads unregistered since the last call, for their final drain; give them back with
+    /// [`Self::recycle`] afterwards.
+    pub(crate) fn take_retired(&self) -> Vec<ThreadRecord> {
+        std::mem::take(&mut self.lock().retired)
+    }
+
+    /// Live threads, for draining.
+    pub(crate) fn live_records(&self) -> Vec<ThreadRecord> {
+        self.lock()
+            .threads
+            .values()
+            .map(|t| t.record.clone())
+            .collect()
+    }
+
+    /// Takes back the slots of ended threads after their final drain, for reuse.
+    pub(crate) fn recycle(&self, retired: Vec<ThreadRecord>) {
+        let mut inner = self.lock();
+        for record in retired {
+            if inner.idle_slots.len() >= IDLE_SLOTS {
+                break;
+            }
+            // Unique once the thread's registration has dropped its reference, which it does
+            // right after unregistering; if not yet, the slot is simply freed.
+            if let Ok(slot) = Arc::try_unwrap(record.slot) {
+                inner.idle_slots.push(slot);
+            }
         }
     }
 
-    /// Live and just-unregistered threads, for draining; the latter are handed over once.
-    pub(crate) fn threads_to_drain(&self) -> Vec<ThreadRecord> {
-        let mut inner = self.lock();
-        let mut out: Vec<ThreadRecord> = std::mem::take(&mut inner.retired);
-        out.extend(inner.threads.values().map(|t| t.record.clone()));
-        out
+    /// Number of live threads.
+    pub(crate) fn live_count(&self) -> usize {
+        self.lock().threads.len()
     }
 
     /// Live threads.

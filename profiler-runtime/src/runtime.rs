@@ -182,6 +182,10 @@ fn start_locked(config: Config) -> Result<(), StartError> {
         Err(_) => return Err(StartError::AlreadyStarted),
     };
     let dump = DumpLoop::start(rt).map_err(StartError::Thread)?;
+    let wake = dump.commands();
+    rt.registry.set_on_retire(Box::new(move || {
+        let _ = wake.send(crate::dump::Command::Retired);
+    }));
     if let Some(addr) = &rt.config.http_addr {
         #[cfg(feature = "http")]
         crate::http::serve(rt, addr, dump.commands());
@@ -281,4 +285,32 @@ pub fn live_threads() -> Vec<ThreadInfo> {
 /// The configuration in force, if the runtime was started.
 pub fn current_config() -> Option<Config> {
     RUNTIME.get().map(|rt| rt.config.clone())
+}
+
+/// Counters of the profiler since the process started, for health checks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Timer periods recorded by the signal handler. Once every sample is drained (after
+    /// [`flush`] with no registered thread left running), this equals the sum of `samples/count`
+    /// over every tag's profile: a sample taken after N missed timer expirations counts N+1.
+    pub samples: u64,
+    /// Samples lost because a thread's sample buffer was full (also logged).
+    pub dropped: u64,
+    /// Threads registered now.
+    pub live_threads: usize,
+    /// Dumps that wrote every file.
+    pub dumps: u64,
+    /// Dumps in which at least one file could not be written (each also logged as an error).
+    pub failed_dumps: u64,
+}
+
+/// The profiler's counters now.
+pub fn stats() -> Stats {
+    Stats {
+        samples: crate::buffer::PERIODS_RECORDED.load(Ordering::Relaxed),
+        dropped: crate::buffer::RECORDS_DROPPED.load(Ordering::Relaxed),
+        live_threads: RUNTIME.get().map_or(0, |rt| rt.registry.live_count()),
+        dumps: crate::dump::DUMPS_WRITTEN.load(Ordering::Relaxed),
+        failed_dumps: crate::dump::DUMPS_FAILED.load(Ordering::Relaxed),
+    }
 }

@@ -72,6 +72,18 @@ impl ThreadSlot {
         }
     }
 
+    /// Prepares a slot that served a thread that has ended (and was fully drained) for the
+    /// calling thread: same memory, fresh state. The unwind cache is kept: its entries are
+    /// keyed by code address, not by thread.
+    pub(crate) fn reuse(&mut self, tag: u32, stack_top: u64, thread_cpu_ns: u64) {
+        self.buffer.clear();
+        *self.current_tag.get_mut() = tag;
+        *self.stack_top.get_mut() = stack_top;
+        let state = self.handler.get_mut();
+        state.last_wall_cpu_ns = thread_cpu_ns;
+        state.last_wall_blocked = false;
+    }
+
     /// The handler's private state.
     ///
     /// # Safety
