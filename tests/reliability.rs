@@ -460,17 +460,15 @@ fn child_hostile_tags() {
             }
         };
         match i % 3 {
-            0 => drop(profiler::spawn(&tag, work).join().unwrap()),
+            0 => profiler::spawn(&tag, work).join().unwrap(),
             1 => std::thread::spawn(move || profiler::run(&tag, work))
                 .join()
-                .map(drop)
                 .unwrap(),
             _ => std::thread::spawn(move || {
                 let _g = profiler::enter(&tag);
                 work()
             })
             .join()
-            .map(drop)
             .unwrap(),
         }
     }
