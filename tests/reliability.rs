@@ -712,6 +712,7 @@ fn twenty_thousand_short_threads_leave_nothing_behind() {
     let root = tempfile::tempdir().unwrap();
     let out = run_child("churn", root.path(), &[], Duration::from_secs(300));
     println!("{}", marked_line(&out, "CHURN"));
+    println!("{}", marked_line(&out, "LONG"));
 }
 
 // ------------------------------------------------------------------ 6. signal safety
@@ -964,12 +965,13 @@ fn child_blocking_syscalls() {
 #[test]
 fn blocking_syscalls_see_no_spurious_eintr() {
     let root = tempfile::tempdir().unwrap();
-    run_child(
+    let out = run_child(
         "blocking_syscalls",
         root.path(),
         &[],
         Duration::from_secs(60),
     );
+    println!("{}", marked_line(&out, "NANOSLEEP"));
 }
 
 // ------------------------------------------------------------------ 8. long run
