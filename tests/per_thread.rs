@@ -34,19 +34,6 @@ fn flush_and_read(tag: &str) -> profiler::pprof::Profile {
     read_profile(&dir().join(format!("{tag}.pb.gz")))
 }
 
-macro_rules! busy_fn {
-    ($name:ident, $salt:expr) => {
-        #[inline(never)]
-        fn $name(n: u64) -> u64 {
-            let mut x = black_box($salt);
-            for i in 0..n {
-                x = x.rotate_left(7) ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            }
-            black_box(x)
-        }
-    };
-}
-
 busy_fn!(alpha_work, 1u64);
 busy_fn!(beta_work, 2u64);
 busy_fn!(unregistered_work, 3u64);

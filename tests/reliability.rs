@@ -189,22 +189,28 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A registered thread that runs `work` (then sleeps `pause`) in a loop until `stop` is set.
+fn spawn_busy(
+    tag: &str,
+    work: fn(u64) -> u64,
+    rounds: u64,
+    pause: Duration,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let stop = stop.clone();
+    profiler::spawn(tag, move || {
+        while !stop.load(Ordering::Relaxed) {
+            black_box(work(rounds));
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+    })
+}
+
 fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-macro_rules! busy_fn {
-    ($name:ident, $salt:expr) => {
-        #[inline(never)]
-        fn $name(n: u64) -> u64 {
-            let mut x = black_box($salt);
-            for i in 0..n {
-                x = x.rotate_left(5) ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            }
-            black_box(x)
-        }
-    };
 }
 
 busy_fn!(faulty_work, 1u64);
@@ -349,20 +355,10 @@ fn child_atomic_files() {
         .start()
         .expect("start");
     let stop = Arc::new(AtomicBool::new(false));
-    let burners: Vec<_> = [
-        ("reader_a", reader_a_work as fn(u64) -> u64),
-        ("reader_b", reader_b_work),
-    ]
-    .into_iter()
-    .map(|(tag, work)| {
-        let stop = stop.clone();
-        profiler::spawn(tag, move || {
-            while !stop.load(Ordering::Relaxed) {
-                black_box(work(50_000));
-            }
-        })
-    })
-    .collect();
+    let burners = [
+        spawn_busy("reader_a", reader_a_work, 50_000, Duration::ZERO, &stop),
+        spawn_busy("reader_b", reader_b_work, 50_000, Duration::ZERO, &stop),
+    ];
     let (mut decoded, mut failures) = (0u64, Vec::new());
     let dumps0 = profiler::stats().dumps;
     let until = Instant::now() + Duration::from_secs_f64(seconds);
@@ -994,21 +990,11 @@ fn child_soak() {
         .start()
         .expect("start");
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = [
-        ("soak_a", soak_a_work as fn(u64) -> u64),
-        ("soak_b", soak_b_work),
-    ]
-    .into_iter()
-    .map(|(tag, work)| {
-        let stop = stop.clone();
-        profiler::spawn(tag, move || {
-            while !stop.load(Ordering::Relaxed) {
-                black_box(work(200_000));
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    })
-    .collect();
+    let pause = Duration::from_millis(2);
+    let workers = [
+        spawn_busy("soak_a", soak_a_work, 200_000, pause, &stop),
+        spawn_busy("soak_b", soak_b_work, 200_000, pause, &stop),
+    ];
     let merged = dir.join(profiler::MERGED_FILE);
     let mut rows = Vec::new();
     let start = Instant::now();
@@ -1182,14 +1168,7 @@ fn child_coexistence() {
             .start()
             .expect("start");
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = {
-            let stop = stop.clone();
-            profiler::spawn("ours", move || {
-                while !stop.load(Ordering::Relaxed) {
-                    black_box(coexist_work(50_000));
-                }
-            })
-        };
+        let worker = spawn_busy("ours", coexist_work, 50_000, Duration::ZERO, &stop);
         std::thread::sleep(Duration::from_millis(200));
         assert!(posix_timers() > 0);
         let guard = pprof::ProfilerGuardBuilder::default()

@@ -8,6 +8,22 @@ use std::time::Duration;
 
 use profiler::pprof::Profile;
 
+/// Defines `fn $name(n: u64) -> u64`, a distinct, never-inlined busy loop whose name a test
+/// can look for in a profile.
+#[macro_export]
+macro_rules! busy_fn {
+    ($name:ident, $salt:expr) => {
+        #[inline(never)]
+        fn $name(n: u64) -> u64 {
+            let mut x = ::std::hint::black_box($salt);
+            for i in 0..n {
+                x = x.rotate_left(7) ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
+            ::std::hint::black_box(x)
+        }
+    };
+}
+
 /// Burns about `cpu` of this thread's CPU time in `work`.
 pub fn burn_for(cpu: Duration, work: fn(u64) -> u64) -> u64 {
     let start = thread_cpu();
