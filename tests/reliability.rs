@@ -208,6 +208,25 @@ fn spawn_busy(
     })
 }
 
+/// The value of environment variable `key`, or `default` if unset or unparsable.
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Starts the runtime writing to `dir`.
+fn start_profiler(dir: &Path, every: Duration, cpu_hz: u32, wall_hz: u32) -> profiler::Profiler {
+    profiler::Profiler::builder()
+        .output_dir(dir)
+        .dump_interval(every)
+        .frequency(cpu_hz)
+        .wall_frequency(wall_hz)
+        .start()
+        .expect("start")
+}
+
 fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -246,12 +265,7 @@ fn child_output_faults() {
         }
     }
     let dir = root.join("missing/nested/profiles");
-    let _p = profiler::Profiler::builder()
-        .output_dir(&dir)
-        .dump_interval(Duration::from_secs(3600))
-        .frequency(999)
-        .start()
-        .expect("start");
+    let _p = start_profiler(&dir, Duration::from_secs(3600), 999, 0);
     let file = dir.join("faulty.pb.gz");
     let phase = || {
         profiler::spawn("faulty", || {
@@ -344,16 +358,8 @@ fn child_atomic_files() {
         return;
     }
     let dir = root();
-    let seconds: f64 = std::env::var("CHILD_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10.0);
-    let _p = profiler::Profiler::builder()
-        .output_dir(&dir)
-        .dump_interval(Duration::from_millis(100))
-        .frequency(999)
-        .start()
-        .expect("start");
+    let seconds: f64 = env_or("CHILD_SECONDS", 10.0);
+    let _p = start_profiler(&dir, Duration::from_millis(100), 999, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let burners = [
         spawn_busy("reader_a", reader_a_work, 50_000, Duration::ZERO, &stop),
@@ -440,12 +446,7 @@ fn child_hostile_tags() {
     }
     capture_logs();
     let out = root().join("out");
-    let _p = profiler::Profiler::builder()
-        .output_dir(&out)
-        .dump_interval(Duration::from_secs(3600))
-        .frequency(999)
-        .start()
-        .expect("start");
+    let _p = start_profiler(&out, Duration::from_secs(3600), 999, 0);
     for (i, tag) in hostile_tags().into_iter().enumerate() {
         // Threads run one at a time: burn until this thread has a sample (the process-wide
         // count grew), so that every tag has a file to check.
@@ -531,12 +532,7 @@ fn child_panics() {
     }
     capture_logs();
     let dir = root();
-    let _p = profiler::Profiler::builder()
-        .output_dir(&dir)
-        .dump_interval(Duration::from_millis(200))
-        .frequency(999)
-        .start()
-        .expect("start");
+    let _p = start_profiler(&dir, Duration::from_millis(200), 999, 0);
     // A registered thread that panics: the payload comes back unchanged.
     let err = profiler::spawn("doomed", || {
         burn_for(Duration::from_millis(150), doomed_work);
@@ -620,17 +616,9 @@ fn child_churn() {
     if !is_child("churn") {
         return;
     }
-    let threads: usize = std::env::var("THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
+    let threads: usize = env_or("THREADS", 20_000);
     let dir = root();
-    let _p = profiler::Profiler::builder()
-        .output_dir(&dir)
-        .dump_interval(Duration::from_secs(3600))
-        .frequency(999)
-        .start()
-        .expect("start");
+    let _p = start_profiler(&dir, Duration::from_secs(3600), 999, 0);
     // Every 100th thread burns 20 ms of CPU (five kernel ticks), enough to be sampled for sure;
     // CPU timers fire on kernel ticks, so a thread that lives a few ms may get no sample.
     let run = |range: std::ops::Range<usize>| -> Vec<i64> {
@@ -763,13 +751,7 @@ fn child_signal_stress() {
     }
     let seconds: f64 = std::env::var("CHILD_SECONDS").unwrap().parse().unwrap();
     let dir = root();
-    let _p = profiler::Profiler::builder()
-        .output_dir(&dir)
-        .dump_interval(Duration::from_millis(500))
-        .frequency(999)
-        .wall_frequency(999)
-        .start()
-        .expect("start");
+    let _p = start_profiler(&dir, Duration::from_millis(500), 999, 999);
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if info.payload().downcast_ref::<&str>() != Some(&"stress-panic") {
@@ -856,13 +838,7 @@ fn child_blocking_syscalls() {
     if !is_child("blocking_syscalls") {
         return;
     }
-    let _p = profiler::Profiler::builder()
-        .output_dir(root())
-        .dump_interval(Duration::from_secs(3600))
-        .frequency(999)
-        .wall_frequency(999)
-        .start()
-        .expect("start");
+    let _p = start_profiler(&root(), Duration::from_secs(3600), 999, 999);
     let pause = Duration::from_millis(300);
     profiler::spawn("blocking", move || {
         // A raw blocking read(2) on a pipe: restarted by SA_RESTART, never EINTR.
@@ -977,18 +953,9 @@ fn child_soak() {
     if !is_child("soak") {
         return;
     }
-    let seconds: u64 = std::env::var("PROFILER_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
+    let seconds: u64 = env_or("PROFILER_SOAK_SECS", 600);
     let dir = root();
-    let _p = profiler::Profiler::builder()
-        .output_dir(&dir)
-        .dump_interval(Duration::from_secs(1))
-        .frequency(999)
-        .wall_frequency(99)
-        .start()
-        .expect("start");
+    let _p = start_profiler(&dir, Duration::from_secs(1), 999, 99);
     let stop = Arc::new(AtomicBool::new(false));
     let pause = Duration::from_millis(2);
     let workers = [
@@ -1029,10 +996,7 @@ fn child_soak() {
 #[ignore = "10 minutes; run by hand (see the module docs)"]
 fn soak_ten_minutes() {
     let root = tempfile::tempdir().unwrap();
-    let secs: u64 = std::env::var("PROFILER_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
+    let secs: u64 = env_or("PROFILER_SOAK_SECS", 600);
     let out = run_child("soak", root.path(), &[], Duration::from_secs(secs + 120));
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
@@ -1046,14 +1010,7 @@ fn child_shutdown() {
     }
     let how = std::env::var("HOW").unwrap();
     let dir = root();
-    let handle = (how == "drop").then(|| {
-        profiler::Profiler::builder()
-            .output_dir(&dir)
-            .dump_interval(Duration::from_secs(3600))
-            .frequency(999)
-            .start()
-            .expect("start")
-    });
+    let handle = (how == "drop").then(|| start_profiler(&dir, Duration::from_secs(3600), 999, 0));
     // Lazily started (from PROFILER_* set by the parent) unless a handle exists.
     profiler::spawn("final", || {
         burn_for(Duration::from_millis(200), shutdown_work)
@@ -1162,11 +1119,7 @@ fn child_coexistence() {
         assert!(n > 5, "pprof-rs kept sampling");
         assert!(files_under(&dir).is_empty());
     } else {
-        let _p = profiler::Profiler::builder()
-            .output_dir(&dir)
-            .dump_interval(Duration::from_secs(3600))
-            .start()
-            .expect("start");
+        let _p = start_profiler(&dir, Duration::from_secs(3600), 99, 0);
         let stop = Arc::new(AtomicBool::new(false));
         let worker = spawn_busy("ours", coexist_work, 50_000, Duration::ZERO, &stop);
         std::thread::sleep(Duration::from_millis(200));
