@@ -826,7 +826,7 @@ fn signal_safety_stress_60s() {
         "signal_stress",
         root.path(),
         &[("CHILD_SECONDS", "60")],
-        Duration::from_secs(240),
+        Duration::from_secs(480),
     );
     println!("{}", marked_line(&out, "STRESS"));
 }
