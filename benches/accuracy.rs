@@ -179,18 +179,12 @@ fn run_thread(index: usize, spec: &ThreadSpec, ips: f64) -> f64 {
 // ---------------------------------------------------------------- one child run
 
 fn child(spec: &str) {
-    let arg = |k: &str| -> String {
-        spec.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let arg = |k: &str| kv_str(spec, k);
     let scen: u32 = arg("scenario").parse().unwrap();
     let hz: u32 = arg("hz").parse().unwrap();
     let ips: f64 = arg("ips").parse().unwrap();
     let alloc_seconds: f64 = arg("alloc").parse().unwrap();
     let which = arg("profiler");
-    let which = which.as_str();
     let (_, threads) = scenario(scen, alloc_seconds);
     let rss0 = status_kb("VmRSS:");
     let dir = std::env::temp_dir().join(format!("accuracy-{}", std::process::id()));
@@ -303,11 +297,15 @@ struct Run {
     threads: Vec<(bool, f64, f64)>,
 }
 
-fn kv(line: &str, key: &str) -> f64 {
+/// The value of `key=value` in a line of space-separated pairs ("" if absent).
+fn kv_str<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+fn kv(line: &str, key: &str) -> f64 {
+    kv_str(line, key).parse().unwrap_or(0.0)
 }
 
 fn spawn_child(spec: &str) -> Run {
@@ -576,20 +574,14 @@ fn wall_tables(quick: bool) {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let field = |l: &str, k: &str| -> String {
-        l.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .unwrap_or("")
-            .to_owned()
-    };
     let mut worst = 0.0f64;
     for l in text.lines().filter(|l| l.starts_with("WALL ")) {
         let (prof, truth) = (kv(l, "prof"), kv(l, "truth"));
         worst = worst.max((prof - truth).abs() * 100.0);
         println!(
             "| {} | {} | {:.1}% | {:.1}% | {:.2} | {:.1}% |",
-            field(l, "thread"),
-            field(l, "phase"),
+            kv_str(l, "thread"),
+            kv_str(l, "phase"),
             truth * 100.0,
             prof * 100.0,
             (prof - truth).abs() * 100.0,
@@ -600,7 +592,7 @@ fn wall_tables(quick: bool) {
     for l in text.lines().filter(|l| l.starts_with("WALLTOTAL")) {
         println!(
             "Total wall of `{}`: {:.3} s profiled vs {:.3} s registered ({:+.2}%)",
-            field(l, "thread"),
+            kv_str(l, "thread"),
             kv(l, "prof"),
             kv(l, "truth"),
             (kv(l, "prof") / kv(l, "truth") - 1.0) * 100.0
@@ -642,13 +634,8 @@ fn wall_tables(quick: bool) {
 
 fn main() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
-        let arg = |k: &str| -> String {
-            spec.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-                .unwrap_or_default()
-                .to_owned()
-        };
-        match arg("mode").as_str() {
+        let arg = |k: &str| kv_str(&spec, k);
+        match arg("mode") {
             "wall" => wall_child(arg("hz").parse().unwrap(), arg("seconds").parse().unwrap()),
             "idle" => idle_child(
                 arg("n").parse().unwrap(),

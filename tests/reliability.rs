@@ -806,29 +806,28 @@ fn child_signal_stress() {
     println!("CHILD OK");
 }
 
-#[test]
-fn signal_safety_stress_5s() {
+/// Runs the stress child for `seconds`, killing it (a failure) after `limit`.
+fn signal_stress(seconds: u32, limit: Duration) {
     let root = tempfile::tempdir().unwrap();
+    let secs = seconds.to_string();
     let out = run_child(
         "signal_stress",
         root.path(),
-        &[("CHILD_SECONDS", "5")],
-        Duration::from_secs(120),
+        &[("CHILD_SECONDS", &secs)],
+        limit,
     );
     println!("{}", marked_line(&out, "STRESS"));
 }
 
 #[test]
+fn signal_safety_stress_5s() {
+    signal_stress(5, Duration::from_secs(120));
+}
+
+#[test]
 #[ignore = "60 s; .ci/run runs it with --ignored"]
 fn signal_safety_stress_60s() {
-    let root = tempfile::tempdir().unwrap();
-    let out = run_child(
-        "signal_stress",
-        root.path(),
-        &[("CHILD_SECONDS", "60")],
-        Duration::from_secs(480),
-    );
-    println!("{}", marked_line(&out, "STRESS"));
+    signal_stress(60, Duration::from_secs(480));
 }
 
 // ------------------------------------------------------------------ 7. blocking syscalls

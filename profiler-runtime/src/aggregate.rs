@@ -111,16 +111,16 @@ impl Aggregator {
             }
             self.note_thread(t).dropped_seen = dropped;
             for w in windows.iter_mut() {
-                if batch
+                let only = w.tag;
+                let mut matching = batch
                     .iter()
-                    .any(|(tag, ..)| w.tag.is_none_or(|only| only == *tag))
-                {
+                    .filter(|(tag, ..)| only.is_none_or(|o| o == *tag))
+                    .peekable();
+                if matching.peek().is_some() {
                     w.aggregator.note_thread(t);
                 }
-                for (tag, key, weight) in &batch {
-                    if w.tag.is_none_or(|only| only == *tag) {
-                        w.aggregator.add(*tag, key.clone(), *weight);
-                    }
+                for (tag, key, weight) in matching {
+                    w.aggregator.add(*tag, key.clone(), *weight);
                 }
             }
             for (tag, key, weight) in batch.drain(..) {

@@ -13,11 +13,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Timer periods recorded by every buffer of the process (sum of committed weights).
-pub(crate) static PERIODS_RECORDED: AtomicU64 = AtomicU64::new(0);
-/// Samples dropped by every buffer of the process because it was full.
-pub(crate) static RECORDS_DROPPED: AtomicU64 = AtomicU64::new(0);
-
 /// Deepest stack recorded; deeper stacks are cut at the root end and flagged truncated.
 pub const MAX_DEPTH: usize = 256;
 
@@ -151,6 +146,8 @@ pub struct SampleBuffer {
     head: AtomicU64,
     tail: AtomicU64,
     dropped: AtomicU64,
+    /// Timer periods committed (sum of weights); written only by the producer.
+    recorded: AtomicU64,
 }
 
 /// A record being written by the producer; nothing is visible until [`RecordWriter::commit`].
@@ -173,6 +170,7 @@ impl SampleBuffer {
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
         }
     }
 
@@ -183,7 +181,6 @@ impl SampleBuffer {
         let free = self.words.len as u64 - (head - tail);
         if free < HEADER_WORDS + MAX_DEPTH as u64 {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            RECORDS_DROPPED.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some(RecordWriter {
@@ -207,6 +204,12 @@ impl SampleBuffer {
         *self.head.get_mut() = 0;
         *self.tail.get_mut() = 0;
         *self.dropped.get_mut() = 0;
+        *self.recorded.get_mut() = 0;
+    }
+
+    /// Timer periods committed so far (the sum of the records' weights).
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(Ordering::Relaxed)
     }
 
     /// Samples dropped so far because the buffer was full.
@@ -261,7 +264,12 @@ impl RecordWriter<'_> {
         self.buf
             .head
             .store(self.start + HEADER_WORDS + self.depth, Ordering::Release);
-        PERIODS_RECORDED.fetch_add(weight, Ordering::Relaxed);
+        // Single producer: a plain load and store, on this buffer's own counter.
+        let recorded = &self.buf.recorded;
+        recorded.store(
+            recorded.load(Ordering::Relaxed).wrapping_add(weight),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -288,6 +296,11 @@ mod tests {
         assert!(written < fits && written > 0);
         assert!(buf.begin().is_none());
         assert_eq!(buf.dropped(), 2);
+        assert_eq!(
+            buf.recorded(),
+            written * (written + 1) / 2,
+            "sum of weights"
+        );
         let mut scratch = Vec::new();
         let mut seen = 0u64;
         buf.drain(&mut scratch, |r| {

@@ -65,6 +65,10 @@ struct Inner {
     next_id: u64,
     /// Whether new timers may be created (false after shutdown).
     sampling: bool,
+    /// Periods recorded and samples dropped by threads that have unregistered, folded in when
+    /// their timers were deleted (their counts are final then).
+    ended_recorded: u64,
+    ended_dropped: u64,
 }
 
 /// Registered threads and interned tags.
@@ -357,6 +361,8 @@ impl Registry {
             return;
         };
         drop(t.timers); // deletes the timers
+        inner.ended_recorded += t.record.slot.buffer.recorded();
+        inner.ended_dropped += t.record.slot.buffer.dropped();
         log::debug!(
             "unregistered thread {:?} (tid {})",
             t.record.name,
@@ -400,9 +406,15 @@ impl Registry {
         }
     }
 
-    /// Number of live threads.
-    pub(crate) fn live_count(&self) -> usize {
-        self.lock().threads.len()
+    /// (periods recorded, samples dropped, live threads), over every thread ever registered.
+    pub(crate) fn sample_counts(&self) -> (u64, u64, usize) {
+        let inner = self.lock();
+        let live = inner.threads.values().map(|t| &t.record.slot.buffer);
+        let (recorded, dropped) = live
+            .fold((inner.ended_recorded, inner.ended_dropped), |(r, d), b| {
+                (r + b.recorded(), d + b.dropped())
+            });
+        (recorded, dropped, inner.threads.len())
     }
 
     /// Live threads.

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, Requested};
 use crate::diagnostics::{error, warn};
-use crate::dump::DumpLoop;
+use crate::dump::{DumpCounters, DumpLoop};
 use crate::registry::{Registry, ThreadGuard, ThreadInfo};
 use crate::sampler::{self, SignalError};
 
@@ -32,6 +32,8 @@ pub(crate) struct Runtime {
     pub started: SystemTime,
     /// Whether the signal handler is installed (false when unsupported or refused).
     pub sampling: bool,
+    /// Dumps written and failed.
+    pub dumps: DumpCounters,
     dump: Mutex<Option<DumpLoop>>,
 }
 
@@ -174,6 +176,7 @@ fn start_locked(config: Config) -> Result<(), StartError> {
         registry: Registry::new(&config, sampling),
         started: SystemTime::now(),
         sampling,
+        dumps: DumpCounters::default(),
         dump: Mutex::new(None),
         config,
     };
@@ -304,13 +307,17 @@ pub struct Stats {
     pub failed_dumps: u64,
 }
 
-/// The profiler's counters now.
+/// The profiler's counters now (all zero before the runtime starts).
 pub fn stats() -> Stats {
+    let Some(rt) = RUNTIME.get() else {
+        return Stats::default();
+    };
+    let (samples, dropped, live_threads) = rt.registry.sample_counts();
     Stats {
-        samples: crate::buffer::PERIODS_RECORDED.load(Ordering::Relaxed),
-        dropped: crate::buffer::RECORDS_DROPPED.load(Ordering::Relaxed),
-        live_threads: RUNTIME.get().map_or(0, |rt| rt.registry.live_count()),
-        dumps: crate::dump::DUMPS_WRITTEN.load(Ordering::Relaxed),
-        failed_dumps: crate::dump::DUMPS_FAILED.load(Ordering::Relaxed),
+        samples,
+        dropped,
+        live_threads,
+        dumps: rt.dumps.written.load(Ordering::Relaxed),
+        failed_dumps: rt.dumps.failed.load(Ordering::Relaxed),
     }
 }
