@@ -291,3 +291,72 @@ fn a_sleep_burn_split_lands_in_the_right_functions_and_states() {
         "wall {total_wall} vs registered {registered}"
     );
 }
+
+/// Sleeps `d` with raw `nanosleep(2)` (which returns `EINTR` on every signal, whatever
+/// `SA_RESTART` says), resuming with the time left; returns how often it was interrupted.
+#[inline(never)]
+fn raw_nanosleep_phase(d: Duration) -> u32 {
+    let mut left = libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    let mut interrupted = 0;
+    loop {
+        let mut rem = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: both timespecs are valid for the call.
+        if unsafe { libc::nanosleep(&left, &mut rem) } == 0 {
+            return interrupted;
+        }
+        let err = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!(err, Some(libc::EINTR), "nanosleep failed");
+        interrupted += 1;
+        left = rem;
+    }
+}
+
+#[test]
+fn a_blocked_thread_is_sampled_without_being_woken_each_period() {
+    dir();
+    let blocked = Duration::from_secs(2);
+    let (interrupted, took) = profiler::spawn("idle_credit", move || {
+        let t = Instant::now();
+        (raw_nanosleep_phase(blocked), t.elapsed())
+    })
+    .join()
+    .unwrap();
+    // At 999 Hz a signal every period would interrupt the sleep ~2000 times. The first wall
+    // signal finds the thread blocked; after that, periods are credited without a signal for
+    // as long as its CPU clock does not move.
+    println!("IDLE_CREDIT interrupted={interrupted} in {took:?}");
+    assert!(
+        (1..=20).contains(&interrupted),
+        "interrupted {interrupted} times in {took:?}"
+    );
+    assert!(profiler::flush());
+    let p = read_profile(&dir().join("idle_credit.pb.gz"));
+    let wall = p.sample_type_index("wall").unwrap();
+    let (mut total_wall, mut asleep_waiting) = (0i64, 0i64);
+    for s in &p.sample {
+        total_wall += s.value[wall];
+        let in_sleep = p
+            .stack_names(s)
+            .iter()
+            .any(|n| n.ends_with("::raw_nanosleep_phase"));
+        if in_sleep && p.label_str(s, "state") == Some("waiting") {
+            asleep_waiting += s.value[wall];
+        }
+    }
+    // The credited periods carry the blocked stack: the whole sleep is there, waiting.
+    let coverage = total_wall as f64 / took.as_nanos() as f64;
+    assert!(
+        (0.9..1.1).contains(&coverage),
+        "wall {total_wall} ns vs {took:?} registered"
+    );
+    assert!(
+        asleep_waiting as f64 >= 0.95 * total_wall as f64,
+        "waiting in the sleep: {asleep_waiting} of {total_wall}"
+    );
+}

@@ -34,6 +34,8 @@ struct ThreadMeta {
     tid: i64,
     name: String,
     dropped_seen: u64,
+    /// Tag and key of the thread's last wall record: what its credited periods repeat.
+    last_wall: Option<(u32, StackKey)>,
 }
 
 /// Sampling parameters that turn timer expiries into time.
@@ -64,6 +66,8 @@ pub(crate) struct Window {
 pub(crate) struct DrainStats {
     pub records: usize,
     pub newly_dropped: u64,
+    /// Wall periods credited to blocked threads (repeat records and credits taken).
+    pub credited: u64,
 }
 
 impl Aggregator {
@@ -78,7 +82,8 @@ impl Aggregator {
     }
 
     /// Moves every complete record out of the threads' rings into these profiles and into
-    /// every window in `windows` (HTTP profile requests in flight) whose tag matches.
+    /// every window in `windows` (HTTP profile requests in flight) whose tag matches; then takes
+    /// the wall periods credited to threads still blocked where their last record was taken.
     pub(crate) fn drain(
         &mut self,
         threads: &[ThreadRecord],
@@ -88,20 +93,50 @@ impl Aggregator {
         let mut batch: Vec<(u32, StackKey, u64)> = Vec::new();
         for t in threads {
             batch.clear();
+            // Read before the ring: credits of this epoch repeat the last record drained below
+            // (`IdleCredit::take` refuses them if a handler ran in between).
+            let credit = t.slot.idle.load();
+            let mut last_wall = self.threads.get_mut(&t.id).and_then(|m| m.last_wall.take());
+            let mut credited = 0;
             stats.records += t.slot.buffer.drain(&mut self.scratch, |r| {
-                let key = StackKey {
+                if r.repeat {
+                    if let Some((tag, key)) = &last_wall {
+                        batch.push((*tag, key.clone(), r.wall));
+                    }
+                    credited += r.wall;
+                    return;
+                }
+                let key = |kind| StackKey {
                     thread: t.id,
-                    kind: r.kind,
+                    kind,
                     truncated: r.truncated,
                     frames: r.frames.into(),
                 };
-                batch.push((r.tag, key, r.weight));
+                if r.cpu > 0 {
+                    batch.push((r.tag, key(SampleKind::Cpu), r.cpu));
+                }
+                if r.wall > 0 {
+                    let k = key(r.wall_kind);
+                    batch.push((r.tag, k.clone(), r.wall));
+                    last_wall = Some((r.tag, k));
+                }
             });
+            let taken = t.slot.idle.take(credit.epoch());
+            if taken > 0 {
+                if let Some((tag, key)) = &last_wall {
+                    batch.push((*tag, key.clone(), taken));
+                }
+                credited += taken;
+            }
+            stats.credited += credited;
             let dropped = t.slot.buffer.dropped();
             let seen = self.threads.get(&t.id).map_or(0, |m| m.dropped_seen);
             if batch.is_empty() && dropped <= seen {
                 // Nothing new: a thread that never had a sample leaves no trace here, so
                 // short-lived threads cost no memory once they are gone.
+                if let Some(m) = self.threads.get_mut(&t.id) {
+                    m.last_wall = last_wall;
+                }
                 continue;
             }
             if dropped > seen {
@@ -109,7 +144,9 @@ impl Aggregator {
                 stats.newly_dropped += delta;
                 self.tags.entry(t.slot.tag()).or_default().dropped += delta;
             }
-            self.note_thread(t).dropped_seen = dropped;
+            let meta = self.note_thread(t);
+            meta.dropped_seen = dropped;
+            meta.last_wall = last_wall;
             for w in windows.iter_mut() {
                 let only = w.tag;
                 let mut matching = batch
@@ -130,11 +167,21 @@ impl Aggregator {
         stats
     }
 
+    /// Forgets what ended threads' credits would repeat (after their final drain).
+    pub(crate) fn forget_wall_stacks(&mut self, ended: &[ThreadRecord]) {
+        for t in ended {
+            if let Some(m) = self.threads.get_mut(&t.id) {
+                m.last_wall = None;
+            }
+        }
+    }
+
     fn note_thread(&mut self, t: &ThreadRecord) -> &mut ThreadMeta {
         self.threads.entry(t.id).or_insert_with(|| ThreadMeta {
             tid: t.tid,
             name: t.name.clone(),
             dropped_seen: 0,
+            last_wall: None,
         })
     }
 

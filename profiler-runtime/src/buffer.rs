@@ -3,7 +3,10 @@
 //! The producer is the signal handler of the one thread that owns the buffer; the consumer is
 //! the dump thread. Both sides only load and store atomics: no locks, no allocation after
 //! construction. A record is a header word, a weight word and `depth` frame addresses (leaf
-//! first). When a record does not fit, the sample is counted as dropped.
+//! first); one stack can stand for CPU periods and wall periods at once (a handler run that
+//! served both clocks). A *repeat* record has no frames: its wall periods were credited while
+//! the thread stayed blocked (see `idle.rs`) and repeat the thread's previous record. When a
+//! record does not fit, its periods are counted as dropped.
 //!
 //! The words live in memory mapped for the ring alone (`RingMemory`), not in the allocator's
 //! heap: a registered thread's ring is allocated on that thread, and with glibc each thread
@@ -43,12 +46,16 @@ impl SampleKind {
 /// One record, as read back by the consumer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Record<'a> {
-    /// What kind of timer took it.
-    pub kind: SampleKind,
     /// The tag id in force when it was taken.
     pub tag: u32,
-    /// How many timer periods it stands for (1 + overrun).
-    pub weight: u64,
+    /// CPU-time periods it stands for (1 + overrun; 0 if the CPU timer did not fire).
+    pub cpu: u64,
+    /// Wall-clock periods it stands for (0 if no wall period was due).
+    pub wall: u64,
+    /// [`SampleKind::WallRunning`] or [`SampleKind::WallWaiting`]: the state of its wall periods.
+    pub wall_kind: SampleKind,
+    /// Whether its wall periods repeat the thread's previous record (it has no frames then).
+    pub repeat: bool,
     /// Whether the stack was deeper than [`MAX_DEPTH`].
     pub truncated: bool,
     /// Frame lookup addresses, leaf first.
@@ -145,8 +152,9 @@ pub struct SampleBuffer {
     mask: u64,
     head: AtomicU64,
     tail: AtomicU64,
+    /// Timer periods lost because the ring was full.
     dropped: AtomicU64,
-    /// Timer periods committed (sum of weights); written only by the producer.
+    /// Timer periods committed (sum of weights, repeats excluded); written only by the producer.
     recorded: AtomicU64,
 }
 
@@ -174,13 +182,13 @@ impl SampleBuffer {
         }
     }
 
-    /// Producer: starts a record if a record of the deepest size fits, else counts a drop.
+    /// Producer: starts a record if a record of the deepest size fits; if not, the caller
+    /// counts its periods with [`Self::count_dropped`].
     pub fn begin(&self) -> Option<RecordWriter<'_>> {
         let head = self.head.load(Ordering::Relaxed);
         let tail = self.tail.load(Ordering::Acquire);
         let free = self.words.len as u64 - (head - tail);
         if free < HEADER_WORDS + MAX_DEPTH as u64 {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some(RecordWriter {
@@ -212,9 +220,14 @@ impl SampleBuffer {
         self.recorded.load(Ordering::Relaxed)
     }
 
-    /// Samples dropped so far because the buffer was full.
+    /// Timer periods dropped so far because the buffer was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Producer: counts `periods` lost because [`Self::begin`] found no room.
+    pub fn count_dropped(&self, periods: u64) {
+        self.dropped.fetch_add(periods, Ordering::Relaxed);
     }
 
     /// Consumer: hands every complete record to `f`, oldest first, and frees their space.
@@ -230,10 +243,12 @@ impl SampleBuffer {
             scratch.clear();
             scratch.extend((0..depth).map(|i| self.load(pos + HEADER_WORDS + i)));
             f(Record {
-                kind: SampleKind::from_bits((header >> 16) & 0xff),
-                truncated: (header >> 24) & 1 == 1,
                 tag: (header >> 32) as u32,
-                weight,
+                cpu: weight & 0xffff_ffff,
+                wall: weight >> 32,
+                wall_kind: SampleKind::from_bits((header >> 16) & 0xff),
+                truncated: (header >> 24) & 1 == 1,
+                repeat: (header >> 25) & 1 == 1,
                 frames: scratch,
             });
             pos += HEADER_WORDS + depth;
@@ -255,21 +270,46 @@ impl RecordWriter<'_> {
         true
     }
 
-    /// Publishes the record to the consumer.
-    pub fn commit(self, kind: SampleKind, tag: u32, weight: u64, truncated: bool) {
-        let header =
-            self.depth | (kind as u64) << 16 | u64::from(truncated) << 24 | u64::from(tag) << 32;
-        self.buf.store(self.start, header);
-        self.buf.store(self.start + 1, weight);
-        self.buf
-            .head
-            .store(self.start + HEADER_WORDS + self.depth, Ordering::Release);
+    /// Publishes the record to the consumer: `cpu` CPU periods and `wall` wall periods (each
+    /// capped at `u32::MAX`) in state `wall_kind`, on the frames pushed.
+    pub fn commit(self, tag: u32, cpu: u64, wall: u64, wall_kind: SampleKind, truncated: bool) {
+        let (cpu, wall) = (cpu.min(u32::MAX.into()), wall.min(u32::MAX.into()));
+        self.publish(tag, cpu | wall << 32, wall_kind, truncated, false);
         // Single producer: a plain load and store, on this buffer's own counter.
         let recorded = &self.buf.recorded;
         recorded.store(
-            recorded.load(Ordering::Relaxed).wrapping_add(weight),
+            recorded.load(Ordering::Relaxed).wrapping_add(cpu + wall),
             Ordering::Relaxed,
         );
+    }
+
+    /// Publishes a repeat record: `wall` credited periods (capped at `u32::MAX`) that repeat
+    /// the thread's previous record. Not counted in [`SampleBuffer::recorded`]: credits are
+    /// counted where they are turned into samples.
+    pub fn commit_repeat(mut self, tag: u32, wall: u64) {
+        self.depth = 0;
+        let wall = wall.min(u32::MAX.into());
+        self.publish(tag, wall << 32, SampleKind::WallWaiting, false, true);
+    }
+
+    fn publish(
+        &self,
+        tag: u32,
+        weights: u64,
+        wall_kind: SampleKind,
+        truncated: bool,
+        repeat: bool,
+    ) {
+        let header = self.depth
+            | (wall_kind as u64) << 16
+            | u64::from(truncated) << 24
+            | u64::from(repeat) << 25
+            | u64::from(tag) << 32;
+        self.buf.store(self.start, header);
+        self.buf.store(self.start + 1, weights);
+        self.buf
+            .head
+            .store(self.start + HEADER_WORDS + self.depth, Ordering::Release);
     }
 }
 
@@ -287,26 +327,35 @@ mod tests {
         let mut written = 0u64;
         for i in 0.. {
             let Some(mut w) = buf.begin() else { break };
-            for f in 0..per {
-                assert!(w.push(i * 100 + f));
+            if i % 5 == 4 {
+                w.commit_repeat(7, 3);
+            } else {
+                for f in 0..per {
+                    assert!(w.push(i * 100 + f));
+                }
+                w.commit(7, i, i + 1, SampleKind::WallWaiting, false);
             }
-            w.commit(SampleKind::WallWaiting, 7, i + 1, false);
             written += 1;
         }
         assert!(written < fits && written > 0);
         assert!(buf.begin().is_none());
-        assert_eq!(buf.dropped(), 2);
-        assert_eq!(
-            buf.recorded(),
-            written * (written + 1) / 2,
-            "sum of weights"
-        );
+        assert_eq!(buf.dropped(), 0, "the caller counts drops");
+        buf.count_dropped(3);
+        assert_eq!(buf.dropped(), 3);
+        let sum: u64 = (0..written).filter(|i| i % 5 != 4).map(|i| 2 * i + 1).sum();
+        assert_eq!(buf.recorded(), sum, "sum of weights, repeats excluded");
         let mut scratch = Vec::new();
         let mut seen = 0u64;
         buf.drain(&mut scratch, |r| {
-            assert_eq!(r.kind, SampleKind::WallWaiting);
-            assert_eq!((r.tag, r.weight), (7, seen + 1));
-            assert_eq!(r.frames[0], seen * 100);
+            assert_eq!((r.tag, r.wall_kind), (7, SampleKind::WallWaiting));
+            if seen % 5 == 4 {
+                assert!(r.repeat && r.frames.is_empty());
+                assert_eq!((r.cpu, r.wall), (0, 3));
+            } else {
+                assert!(!r.repeat);
+                assert_eq!((r.cpu, r.wall), (seen, seen + 1));
+                assert_eq!(r.frames[0], seen * 100);
+            }
             seen += 1;
         });
         assert_eq!(seen, written);
@@ -319,7 +368,7 @@ mod tests {
         let mut w = buf.begin().unwrap();
         let pushed = (0..1000).take_while(|&a| w.push(a)).count();
         assert_eq!(pushed, MAX_DEPTH);
-        w.commit(SampleKind::Cpu, 1, 1, true);
+        w.commit(1, 1, 0, SampleKind::WallRunning, true);
         let mut scratch = Vec::new();
         buf.drain(&mut scratch, |r| {
             assert!(r.truncated && r.frames.len() == MAX_DEPTH)
@@ -339,7 +388,7 @@ mod tests {
                         for k in 0..(i % 7) {
                             w.push(i + k);
                         }
-                        w.commit(SampleKind::Cpu, (i % 3) as u32, i, false);
+                        w.commit((i % 3) as u32, i, 0, SampleKind::WallRunning, false);
                         i += 1;
                     }
                 }
@@ -349,7 +398,7 @@ mod tests {
         let mut scratch = Vec::new();
         while expect < total {
             buf.drain(&mut scratch, |r| {
-                assert_eq!(r.weight, expect);
+                assert_eq!(r.cpu, expect);
                 assert_eq!(r.frames.len() as u64, expect % 7);
                 assert!(r
                     .frames

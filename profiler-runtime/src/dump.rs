@@ -256,7 +256,9 @@ impl DumpState {
         self.drain_retired(&mut stats);
         let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
         let live = self.rt.registry.live_records();
-        stats.newly_dropped += self.aggregator.drain(&live, &mut windows).newly_dropped;
+        let found = self.aggregator.drain(&live, &mut windows);
+        stats.newly_dropped += found.newly_dropped;
+        self.rt.registry.add_credited(found.credited);
         if stats.newly_dropped > 0 {
             warn(
                 "dropped-samples",
@@ -279,7 +281,10 @@ impl DumpState {
             return;
         }
         let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
-        stats.newly_dropped += self.aggregator.drain(&retired, &mut windows).newly_dropped;
+        let found = self.aggregator.drain(&retired, &mut windows);
+        stats.newly_dropped += found.newly_dropped;
+        self.rt.registry.add_credited(found.credited);
+        self.aggregator.forget_wall_stacks(&retired);
         self.rt.registry.recycle(retired);
     }
 

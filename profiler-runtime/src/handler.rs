@@ -6,14 +6,17 @@
 //!   plain TLS load; `try_with` cannot panic.
 //! - `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` (wall samples only): listed async-signal-safe by
 //!   POSIX.
+//! - `wall_due.swap` and `IdleCredit::close`/`open`: atomic swap, compare-and-swap loop (it
+//!   retries only while another thread changes the word, lock-free) and `fetch_or` on the
+//!   slot's own words.
 //! - `UnwinderUse::begin`/drop: two `SeqCst` atomic operations; the unwinder it yields is never
 //!   freed while a handler holds it.
 //! - framehop `iter_frames` with `MustNotAllocateDuringUnwind`: evaluates DWARF CFI with
 //!   fixed-size storage in the thread's preallocated cache; no allocation, no locks. Stack
 //!   memory is read only inside `[interrupted sp, thread stack top)`, so a corrupt unwind rule
 //!   cannot make it fault.
-//! - `SampleBuffer::begin`/`push`/`commit`: relaxed/acquire/release atomic loads and stores
-//!   into memory allocated at registration.
+//! - `SampleBuffer::begin`/`push`/`commit`/`commit_repeat`/`count_dropped`: relaxed/acquire/
+//!   release atomic loads, stores and one `fetch_add`, into memory allocated at registration.
 //! - Wall samples read the instruction at (or just before) the interrupted pc, 2 or 4 bytes,
 //!   only after `CodeMap::contains_code` (a binary search) confirmed they lie in a loaded
 //!   object's executable segment, and the return register from the ucontext.
@@ -22,6 +25,7 @@
 //! unwrap); SIGPROF is blocked while the handler runs, so it never re-enters itself.
 
 use std::cell::Cell;
+use std::sync::atomic::Ordering;
 
 use libc::{c_int, c_void, siginfo_t};
 
@@ -30,10 +34,9 @@ use crate::slot::{ThreadSlot, CURRENT_SLOT};
 use crate::unwind::{Cache, UnwinderUse};
 use framehop::Unwinder as _;
 
-/// `sigev_value` of CPU-time timers.
+/// `sigev_value` of CPU-time timers. Wall periods arrive through `ThreadSlot::wall_due`, with a
+/// plain `tgkill` from the wall ticker.
 pub(crate) const TIMER_CPU: usize = 1;
-/// `sigev_value` of wall-clock timers.
-pub(crate) const TIMER_WALL: usize = 2;
 
 /// The `_timer` member of the kernel's `siginfo_t` union, with the three leading ints. With
 /// `repr(C)` the union starts at offset 16 on 64-bit targets, as in the kernel's layout.
@@ -52,7 +55,8 @@ struct TimerFields {
     value: *mut c_void,
 }
 
-/// Installed with `SA_SIGINFO | SA_RESTART` for SIGPROF.
+/// Installed with `SA_SIGINFO | SA_RESTART` for SIGPROF. One run can serve both clocks: the
+/// CPU timer's expiries (from `siginfo`) and the wall periods the ticker left in `wall_due`.
 pub(crate) extern "C" fn on_sigprof(_signal: c_int, info: *mut siginfo_t, context: *mut c_void) {
     // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
     let errno = unsafe { *libc::__errno_location() };
@@ -76,25 +80,38 @@ unsafe fn take_sample(info: *mut siginfo_t, context: *mut c_void) {
     // SAFETY: for SI_TIMER signals the kernel fills the `_timer` union member, whose layout
     // TimerSigInfo mirrors; we check si_code before using those fields.
     let info = unsafe { &*(info as *const TimerSigInfo) };
-    if info.code != libc::SI_TIMER {
+    let cpu = if info.code == libc::SI_TIMER && info.timer.value as usize == TIMER_CPU {
+        1 + info.timer.overrun.max(0) as u64
+    } else {
+        0
+    };
+    // Whatever sent this signal, take the wall periods owed: a ticker signal that arrived
+    // while a timer signal was pending was merged into it by the kernel.
+    let wall = slot.wall_due.swap(0, Ordering::Acquire);
+    if cpu == 0 && wall == 0 {
         return;
     }
-    let weight = 1 + info.timer.overrun.max(0) as u64;
     // SAFETY: we are the signal handler on the slot's owning thread (see above).
     let state = unsafe { slot.handler_state() };
-    let timer = info.timer.value as usize;
-    if timer != TIMER_CPU && timer != TIMER_WALL {
-        return;
+    // The thread is running now: stop crediting, and record the periods credited while it was
+    // blocked, as a repeat of its previous record, ahead of this one.
+    let credited = slot.idle.close();
+    if credited > 0 {
+        match slot.buffer.begin() {
+            Some(record) => record.commit_repeat(slot.tag(), credited),
+            None => slot.buffer.count_dropped(credited),
+        }
     }
     let Some(mut record) = slot.buffer.begin() else {
+        slot.buffer.count_dropped(cpu + wall);
         return;
     };
     // SAFETY: `context` is the ucontext_t of the interrupted code.
     let (pc, regs, sp) = unsafe { registers(context) };
     let code = UnwinderUse::begin();
-    let kind = if timer == TIMER_CPU {
-        SampleKind::Cpu
-    } else {
+    let mut blocked = false;
+    let mut wall_kind = SampleKind::WallRunning;
+    if wall > 0 {
         let now = thread_cpu_ns();
         let ran = now.saturating_sub(state.last_wall_cpu_ns);
         state.last_wall_cpu_ns = now;
@@ -105,16 +122,14 @@ unsafe fn take_sample(info: *mut siginfo_t, context: *mut c_void) {
         // of CPU since the previous wall sample means running.
         // SAFETY: `context` is the ucontext_t of the interrupted code.
         let ret = unsafe { syscall_return(context) };
-        let blocked = code.get().is_some_and(|map| in_syscall(map, pc, ret));
+        blocked = code.get().is_some_and(|map| in_syscall(map, pc, ret));
         let woke = std::mem::replace(&mut state.last_wall_blocked, blocked);
-        if blocked {
-            SampleKind::WallWaiting
-        } else if woke || ran.saturating_mul(2) >= slot.wall_period_ns * weight {
-            SampleKind::WallRunning
-        } else {
-            SampleKind::WallWaiting
+        let running =
+            !blocked && (woke || ran.saturating_mul(2) >= slot.wall_period_ns.saturating_mul(wall));
+        if !running {
+            wall_kind = SampleKind::WallWaiting;
         }
-    };
+    }
     let truncated = unwind(
         &code,
         slot,
@@ -124,7 +139,14 @@ unsafe fn take_sample(info: *mut siginfo_t, context: *mut c_void) {
         &mut state.unwind_cache,
         &mut record,
     );
-    record.commit(kind, slot.tag(), weight, truncated);
+    record.commit(slot.tag(), cpu, wall, wall_kind, truncated);
+    if blocked {
+        // Until this thread runs again it stays blocked on this stack: let the ticker credit
+        // its next periods without waking it. The CPU time is read last, so the little the
+        // thread spends returning into its system call is all that separates it from a
+        // reading made while the thread is still blocked.
+        slot.idle.open(thread_cpu_ns());
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

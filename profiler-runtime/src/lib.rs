@@ -17,8 +17,9 @@
 //! ```
 //!
 //! Layout: `handler.rs` is the signal handler and nothing else; it touches only `slot.rs`
-//! (per-thread state), `buffer.rs` (the sample ring) and `unwind.rs` (the shared unwinder).
-//! `registry.rs` owns threads and timers (`sampler.rs`); `dump.rs` drains rings into
+//! (per-thread state), `buffer.rs` (the sample ring), `idle.rs` (wall periods credited to a
+//! blocked thread) and `unwind.rs` (the shared unwinder). `registry.rs` owns threads and their
+//! timers (`sampler.rs`: a CPU timer per thread, one wall ticker); `dump.rs` drains rings into
 //! `aggregate.rs`, resolves names with `symbolize.rs` and writes files; `runtime.rs` starts and
 //! stops it all.
 
@@ -43,6 +44,8 @@ mod dump;
 mod handler;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "enabled")]
+mod idle;
 #[cfg(feature = "enabled")]
 mod objects;
 #[cfg(feature = "enabled")]

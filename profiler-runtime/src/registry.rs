@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::diagnostics::warn;
-use crate::sampler::{self, ThreadTimers};
+use crate::sampler::{self, ThreadTimers, WallTicker};
 use crate::slot::{ThreadSlot, CURRENT_SLOT};
 use crate::tag;
 
@@ -78,6 +78,10 @@ pub(crate) struct Registry {
     on_retire: OnceLock<Box<dyn Fn() + Send + Sync>>,
     cpu_hz: u32,
     wall_hz: u32,
+    /// The wall clock, when wall sampling is on.
+    wall: Option<WallTicker>,
+    /// Wall periods credited to blocked threads and turned into samples by the dump thread.
+    credited: std::sync::atomic::AtomicU64,
 }
 
 /// This thread's registration, kept in TLS.
@@ -182,6 +186,9 @@ impl Registry {
             on_retire: OnceLock::new(),
             cpu_hz: config.frequency,
             wall_hz: config.wall_frequency,
+            wall: (sampling && config.wall_frequency > 0)
+                .then(|| WallTicker::new(config.wall_frequency)),
+            credited: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -312,7 +319,7 @@ impl Registry {
             let _ = CURRENT_SLOT.try_with(|c| c.set(Arc::as_ptr(&slot)));
             compiler_fence(Ordering::SeqCst);
             let timers = if inner.sampling {
-                match ThreadTimers::start(self.cpu_hz, self.wall_hz) {
+                match ThreadTimers::start(self.cpu_hz, self.wall.as_ref(), &slot) {
                     Ok(t) => Some(t),
                     Err(e) => {
                         warn(
@@ -360,7 +367,10 @@ impl Registry {
         let Some(t) = inner.threads.remove(&id) else {
             return;
         };
-        drop(t.timers); // deletes the timers
+        drop(t.timers); // deletes the CPU timer, leaves the wall ticker
+                        // Called on the thread itself (its registration is dropping): a wall period signalled
+                        // just now is recorded before its counters are read.
+        sampler::settle_wall(&t.record.slot);
         inner.ended_recorded += t.record.slot.buffer.recorded();
         inner.ended_dropped += t.record.slot.buffer.dropped();
         log::debug!(
@@ -406,14 +416,20 @@ impl Registry {
         }
     }
 
-    /// (periods recorded, samples dropped, live threads), over every thread ever registered.
+    /// Counts wall periods that the dump thread took from idle credits.
+    pub(crate) fn add_credited(&self, periods: u64) {
+        self.credited.fetch_add(periods, Ordering::Relaxed);
+    }
+
+    /// (periods recorded, periods dropped, live threads), over every thread ever registered.
     pub(crate) fn sample_counts(&self) -> (u64, u64, usize) {
         let inner = self.lock();
         let live = inner.threads.values().map(|t| &t.record.slot.buffer);
-        let (recorded, dropped) = live
-            .fold((inner.ended_recorded, inner.ended_dropped), |(r, d), b| {
-                (r + b.recorded(), d + b.dropped())
-            });
+        let credited = self.credited.load(Ordering::Relaxed);
+        let (recorded, dropped) = live.fold(
+            (inner.ended_recorded + credited, inner.ended_dropped),
+            |(r, d), b| (r + b.recorded(), d + b.dropped()),
+        );
         (recorded, dropped, inner.threads.len())
     }
 
@@ -440,6 +456,9 @@ impl Registry {
     pub(crate) fn stop_sampling(&self) {
         let mut inner = self.lock();
         inner.sampling = false;
+        if let Some(wall) = &self.wall {
+            wall.stop();
+        }
         for t in inner.threads.values_mut() {
             t.timers = None;
         }

@@ -10,6 +10,7 @@ use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::buffer::SampleBuffer;
+use crate::idle::IdleCredit;
 
 /// Ring size per thread, in 64-bit words (256 KiB): about 1 s of deep stacks at 1000 Hz, while
 /// the dump thread drains every 100 ms.
@@ -40,6 +41,11 @@ pub struct ThreadSlot {
     pub(crate) stack_top: AtomicU64,
     /// Wall-clock sampling period in ns (0 when wall sampling is off).
     pub(crate) wall_period_ns: u64,
+    /// Wall periods the ticker has signalled for and the handler has not yet taken; the ticker
+    /// signals only when this was 0, so a thread has at most one wall signal outstanding.
+    pub(crate) wall_due: AtomicU64,
+    /// Wall periods credited while the thread stays blocked (see `idle.rs`).
+    pub(crate) idle: IdleCredit,
     handler: UnsafeCell<HandlerState>,
 }
 
@@ -63,6 +69,8 @@ impl ThreadSlot {
             current_tag: AtomicU32::new(tag),
             stack_top: AtomicU64::new(stack_top),
             wall_period_ns,
+            wall_due: AtomicU64::new(0),
+            idle: IdleCredit::default(),
             handler: UnsafeCell::new(HandlerState {
                 #[cfg(profiler_sampling)]
                 unwind_cache: Box::default(),
@@ -79,6 +87,8 @@ impl ThreadSlot {
         self.buffer.clear();
         *self.current_tag.get_mut() = tag;
         *self.stack_top.get_mut() = stack_top;
+        *self.wall_due.get_mut() = 0;
+        self.idle.reset();
         let state = self.handler.get_mut();
         state.last_wall_cpu_ns = thread_cpu_ns;
         state.last_wall_blocked = false;
