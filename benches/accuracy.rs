@@ -560,52 +560,76 @@ fn wall_tables(quick: bool) {
     println!();
     println!("Ground truth: time inside each phase function, measured by the thread. `error` = |profiled wall share - measured share|.");
     println!();
+    let reps = if quick { 1 } else { 3 };
+    println!("Each cell: median of {reps} run(s), each in a fresh process; `worst` = largest error of any run.");
+    println!();
     println!(
-        "| thread | phase | measured share | profiled share | error pp | `state=waiting` share |"
+        "| thread | phase | measured share | profiled share | error pp | worst pp | `state=waiting` share |"
     );
-    println!("|---|---|---|---|---|---|");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD_ENV, format!("mode=wall hz=99 seconds={seconds}"))
-        .output()
-        .expect("wall child");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    println!("|---|---|---|---|---|---|---|");
+    // (thread, phase) -> per run (truth, prof, waiting); thread -> per run (prof, truth) totals.
+    let mut phases: BTreeMap<(String, String), Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut totals: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for _ in 0..reps {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD_ENV, format!("mode=wall hz=99 seconds={seconds}"))
+            .output()
+            .expect("wall child");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for l in text.lines().filter(|l| l.starts_with("WALL ")) {
+            let key = (
+                kv_str(l, "thread").to_owned(),
+                kv_str(l, "phase").to_owned(),
+            );
+            let row = (kv(l, "truth"), kv(l, "prof"), kv(l, "waiting"));
+            phases.entry(key).or_default().push(row);
+        }
+        for l in text.lines().filter(|l| l.starts_with("WALLTOTAL")) {
+            let row = (kv(l, "prof"), kv(l, "truth"));
+            totals
+                .entry(kv_str(l, "thread").to_owned())
+                .or_default()
+                .push(row);
+        }
+    }
     let mut worst = 0.0f64;
-    for l in text.lines().filter(|l| l.starts_with("WALL ")) {
-        let (prof, truth) = (kv(l, "prof"), kv(l, "truth"));
-        worst = worst.max((prof - truth).abs() * 100.0);
+    for ((thread, phase), runs) in &phases {
+        let errors: Vec<f64> = runs.iter().map(|r| (r.1 - r.0).abs() * 100.0).collect();
+        let run_worst = errors.iter().copied().fold(0.0, f64::max);
+        let error = median(errors);
+        worst = worst.max(error);
         println!(
-            "| {} | {} | {:.1}% | {:.1}% | {:.2} | {:.1}% |",
-            kv_str(l, "thread"),
-            kv_str(l, "phase"),
-            truth * 100.0,
-            prof * 100.0,
-            (prof - truth).abs() * 100.0,
-            kv(l, "waiting") * 100.0
+            "| {thread} | {phase} | {:.1}% | {:.1}% | {error:.2} | {run_worst:.2} | {:.1}% |",
+            median(runs.iter().map(|r| r.0).collect()) * 100.0,
+            median(runs.iter().map(|r| r.1).collect()) * 100.0,
+            median(runs.iter().map(|r| r.2).collect()) * 100.0
         );
     }
     println!();
-    for l in text.lines().filter(|l| l.starts_with("WALLTOTAL")) {
+    for (thread, runs) in &totals {
+        let (prof, truth) = (
+            median(runs.iter().map(|r| r.0).collect()),
+            median(runs.iter().map(|r| r.1).collect()),
+        );
         println!(
-            "Total wall of `{}`: {:.3} s profiled vs {:.3} s registered ({:+.2}%)",
-            kv_str(l, "thread"),
-            kv(l, "prof"),
-            kv(l, "truth"),
-            (kv(l, "prof") / kv(l, "truth") - 1.0) * 100.0
+            "Total wall of `{thread}`: {prof:.3} s profiled vs {truth:.3} s registered ({:+.2}%)",
+            (prof / truth - 1.0) * 100.0
         );
     }
-    println!("Worst per-function wall share error: {worst:.2} pp");
+    println!("Worst per-function wall share error (median of runs): {worst:.2} pp");
     println!();
     println!("### Cost of wall sampling on idle (blocked) registered threads, 99 Hz, {seconds} s");
     println!();
-    println!("| idle threads | process CPU, wall off | process CPU, wall 99 Hz | per idle thread (% of one core) | per wall sample |");
+    println!("Blocked threads are signalled once per wait, then credited without waking them; the wall ticker wakes once per period for the whole process, so its cost is spread over the threads.");
+    println!();
+    println!("| idle threads | process CPU, wall off | process CPU, wall 99 Hz | per idle thread (% of one core) | per wall period |");
     println!("|---|---|---|---|---|");
-    let reps = if quick { 1 } else { 3 };
-    for n in [10usize, 100] {
+    for n in [1usize, 10, 100] {
         let cpu = |hz: u32| -> f64 {
             median(
                 (0..reps)
@@ -668,10 +692,17 @@ fn main() {
         return;
     }
     let mut summary = Vec::new();
+    // `--only N` runs scenario N alone (e.g. `ALLOC_SECONDS=60 cargo bench --bench accuracy --
+    // --only 5` for the 60 s allocation run), without the wall tables.
+    let only: Option<u32> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .and_then(|n| n.parse().ok());
     let plan: Vec<(u32, u32)> = [99u32, 999]
         .iter()
         .flat_map(|&hz| (1..=4).map(move |s| (s, hz)))
         .chain([(5, 99), (6, 99)])
+        .filter(|(s, _)| only.is_none_or(|o| o == *s))
         .collect();
     for (scen, hz) in plan {
         let (title, _) = scenario(scen, alloc_seconds);
@@ -722,6 +753,10 @@ fn main() {
                 summary.push((which, hz, y, a, cpu / bc));
             }
         }
+    }
+    if only.is_some() {
+        println!("Total bench time: {:.0} s", started.elapsed().as_secs_f64());
+        return;
     }
     wall_tables(quick);
     println!();

@@ -183,7 +183,7 @@ pub fn live_threads() -> Vec<ThreadInfo> {
 pub struct Stats {
     /// Timer periods recorded.
     pub samples: u64,
-    /// Samples lost because a buffer was full.
+    /// Timer periods lost because a buffer was full.
     pub dropped: u64,
     /// Threads registered now.
     pub live_threads: usize,

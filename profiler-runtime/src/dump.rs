@@ -263,7 +263,7 @@ impl DumpState {
             warn(
                 "dropped-samples",
                 &format!(
-                    "{} samples were dropped because a thread's sample buffer was full",
+                    "{} sampled periods were dropped because a thread's sample buffer was full",
                     stats.newly_dropped
                 ),
             );

@@ -293,11 +293,12 @@ pub fn current_config() -> Option<Config> {
 /// Counters of the profiler since the process started, for health checks and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Timer periods recorded by the signal handler. Once every sample is drained (after
+    /// Timer periods recorded: by the signal handler, plus the wall periods credited to blocked
+    /// threads once the dump thread has drained them. Once every sample is drained (after
     /// [`flush`] with no registered thread left running), this equals the sum of `samples/count`
     /// over every tag's profile: a sample taken after N missed timer expirations counts N+1.
     pub samples: u64,
-    /// Samples lost because a thread's sample buffer was full (also logged).
+    /// Timer periods lost because a thread's sample buffer was full (also logged).
     pub dropped: u64,
     /// Threads registered now.
     pub live_threads: usize,
