@@ -567,8 +567,10 @@ fn wall_tables(quick: bool) {
         "| thread | phase | measured share | profiled share | error pp | worst pp | `state=waiting` share |"
     );
     println!("|---|---|---|---|---|---|---|");
-    // (thread, phase) -> per run (truth, prof, waiting); thread -> per run (prof, truth) totals.
-    let mut phases: BTreeMap<(String, String), Vec<(f64, f64, f64)>> = BTreeMap::new();
+    /// Per run: measured share, profiled share, waiting share.
+    type PhaseRuns = Vec<(f64, f64, f64)>;
+    // (thread, phase) -> runs; thread -> per run (prof, truth) totals.
+    let mut phases: BTreeMap<(String, String), PhaseRuns> = BTreeMap::new();
     let mut totals: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for _ in 0..reps {
         let out = Command::new(std::env::current_exe().unwrap())
