@@ -156,10 +156,17 @@ mod imp {
         ) -> io::Result<ThreadTimers> {
             let phase = (thread_id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 16;
             let cpu = Timer::create(libc::CLOCK_THREAD_CPUTIME_ID, TIMER_CPU, cpu_hz, phase)?;
-            let wall = match wall {
-                Some(ticker) => Some(ticker.join(slot)?),
-                None => None,
-            };
+            // Without the wall clock the thread still gets its CPU profile.
+            let wall = wall.and_then(|ticker| match ticker.join(slot) {
+                Ok(member) => Some(member),
+                Err(e) => {
+                    crate::diagnostics::warn(
+                        "wall-ticker",
+                        &format!("wall-clock sampling unavailable for this thread: {e}"),
+                    );
+                    None
+                }
+            });
             Ok(ThreadTimers {
                 _cpu: cpu,
                 _wall: wall,
