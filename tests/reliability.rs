@@ -38,8 +38,24 @@ fn root() -> PathBuf {
 }
 
 /// Runs `child_{name}` in a child process with `root` as its scratch directory; fails if it
-/// exits unsuccessfully or runs longer than `limit` (then it is killed: a deadlock).
+/// exits unsuccessfully, does not print "CHILD OK", or runs longer than `limit` (then it is
+/// killed: a deadlock).
 fn run_child(name: &str, root: &Path, env: &[(&str, &str)], limit: Duration) -> Output {
+    let out = run_child_unchecked(name, root, env, limit);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child_{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    out
+}
+
+/// [`run_child`] without the checks of its outcome (only the time limit).
+fn run_child_unchecked(name: &str, root: &Path, env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
@@ -79,15 +95,6 @@ fn run_child(name: &str, root: &Path, env: &[(&str, &str)], limit: Duration) -> 
             panic!("child_{name} did not finish within {limit:?}: deadlock or hang");
         }
     };
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child_{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
     out
 }
 
@@ -1049,20 +1056,10 @@ fn drop_shutdown_and_exit_each_leave_complete_final_dumps() {
                 ("PROFILER_FREQUENCY", "999"),
             ]);
         }
+        let limit = Duration::from_secs(60);
         let out = if how == "exit" {
             // exit(0) skips the harness's "CHILD OK"; check the status and the files instead.
-            let out = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "child_shutdown",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD, "shutdown")
-                .env(ROOT, root.path())
-                .envs(cmd_env.iter().copied())
-                .output()
-                .unwrap();
+            let out = run_child_unchecked("shutdown", root.path(), &cmd_env, limit);
             assert!(
                 out.status.success(),
                 "{}",
@@ -1070,7 +1067,7 @@ fn drop_shutdown_and_exit_each_leave_complete_final_dumps() {
             );
             out
         } else {
-            run_child("shutdown", root.path(), &cmd_env, Duration::from_secs(60))
+            run_child("shutdown", root.path(), &cmd_env, limit)
         };
         let samples: u64 = marked_line(&out, "SAMPLES ")["SAMPLES ".len()..]
             .trim()

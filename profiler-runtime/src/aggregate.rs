@@ -131,22 +131,20 @@ impl Aggregator {
             stats.credited += credited;
             let dropped = t.slot.buffer.dropped();
             let seen = self.threads.get(&t.id).map_or(0, |m| m.dropped_seen);
-            if batch.is_empty() && dropped <= seen {
-                // Nothing new: a thread that never had a sample leaves no trace here, so
-                // short-lived threads cost no memory once they are gone.
-                if let Some(m) = self.threads.get_mut(&t.id) {
-                    m.last_wall = last_wall;
-                }
-                continue;
+            // A thread that never had a sample leaves no trace here, so short-lived threads
+            // cost no memory once they are gone. (A last wall stack implies a sample.)
+            if !batch.is_empty() || dropped > seen {
+                let meta = self.note_thread(t);
+                meta.dropped_seen = dropped;
+            }
+            if let Some(meta) = self.threads.get_mut(&t.id) {
+                meta.last_wall = last_wall;
             }
             if dropped > seen {
                 let delta = dropped - seen;
                 stats.newly_dropped += delta;
                 self.tags.entry(t.slot.tag()).or_default().dropped += delta;
             }
-            let meta = self.note_thread(t);
-            meta.dropped_seen = dropped;
-            meta.last_wall = last_wall;
             for w in windows.iter_mut() {
                 let only = w.tag;
                 let mut matching = batch

@@ -19,6 +19,7 @@ use crate::aggregate::{Aggregator, DrainStats, Periods, Window};
 use crate::diagnostics::{error, warn};
 use crate::objects;
 use crate::pprof::{encode_gz, Profile};
+use crate::registry::ThreadRecord;
 use crate::runtime::Runtime;
 use crate::symbolize::Symbolizer;
 
@@ -254,11 +255,8 @@ impl DumpState {
         }
         let mut stats = DrainStats::default();
         self.drain_retired(&mut stats);
-        let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
         let live = self.rt.registry.live_records();
-        let found = self.aggregator.drain(&live, &mut windows);
-        stats.newly_dropped += found.newly_dropped;
-        self.rt.registry.add_credited(found.credited);
+        self.drain(&live, &mut stats);
         if stats.newly_dropped > 0 {
             warn(
                 "dropped-samples",
@@ -280,12 +278,18 @@ impl DumpState {
         if retired.is_empty() {
             return;
         }
-        let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
-        let found = self.aggregator.drain(&retired, &mut windows);
-        stats.newly_dropped += found.newly_dropped;
-        self.rt.registry.add_credited(found.credited);
+        self.drain(&retired, stats);
         self.aggregator.forget_wall_stacks(&retired);
         self.rt.registry.recycle(retired);
+    }
+
+    /// Drains `threads` into the profiles and the open windows; adds what it found to `stats`
+    /// and the credited wall periods to the registry's count.
+    fn drain(&mut self, threads: &[ThreadRecord], stats: &mut DrainStats) {
+        let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
+        let found = self.aggregator.drain(threads, &mut windows);
+        stats.newly_dropped += found.newly_dropped;
+        self.rt.registry.add_credited(found.credited);
     }
 
     fn write_all(&mut self) {

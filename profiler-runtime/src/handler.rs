@@ -94,8 +94,13 @@ unsafe fn take_sample(info: *mut siginfo_t, context: *mut c_void) {
     // SAFETY: we are the signal handler on the slot's owning thread (see above).
     let state = unsafe { slot.handler_state() };
     // The thread is running now: stop crediting, and record the periods credited while it was
-    // blocked, as a repeat of its previous record, ahead of this one.
-    let credited = slot.idle.close();
+    // blocked, as a repeat of its previous record, ahead of this one. Without wall sampling
+    // nothing is ever credited, and CPU samples skip the compare-and-swap.
+    let credited = if slot.wall_period_ns > 0 {
+        slot.idle.close()
+    } else {
+        0
+    };
     if credited > 0 {
         match slot.buffer.begin() {
             Some(record) => record.commit_repeat(slot.tag(), credited),

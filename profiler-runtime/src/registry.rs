@@ -367,9 +367,10 @@ impl Registry {
         let Some(t) = inner.threads.remove(&id) else {
             return;
         };
-        drop(t.timers); // deletes the CPU timer, leaves the wall ticker
-                        // Called on the thread itself (its registration is dropping): a wall period signalled
-                        // just now is recorded before its counters are read.
+        // Deletes the CPU timer and leaves the wall ticker. We run on the thread itself (its
+        // registration is dropping), so a wall period signalled just now is recorded before
+        // its counters are read.
+        drop(t.timers);
         sampler::settle_wall(&t.record.slot);
         inner.ended_recorded += t.record.slot.buffer.recorded();
         inner.ended_dropped += t.record.slot.buffer.dropped();
