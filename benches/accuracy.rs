@@ -190,7 +190,7 @@ fn child(spec: &str) {
     let dir = std::env::temp_dir().join(format!("accuracy-{}", std::process::id()));
 
     let ours = (which == "ours").then(|| {
-        profiler_runtime::Profiler::builder()
+        threadprof_runtime::Profiler::builder()
             .output_dir(&dir)
             .frequency(hz)
             .dump_interval(Duration::from_secs(3600))
@@ -214,7 +214,7 @@ fn child(spec: &str) {
                     .name(t.name.clone())
                     .spawn_scoped(s, move || {
                         let _g = (t.registered && which == "ours")
-                            .then(|| profiler_runtime::enter(&t.name));
+                            .then(|| threadprof_runtime::enter(&t.name));
                         (t.name.clone(), t.registered, run_thread(i, t, ips))
                     })
                     .unwrap()
@@ -228,13 +228,13 @@ fn child(spec: &str) {
     let (mut dump_ms, mut dump2_ms, mut max_depth, mut rec_depth) = (0.0, 0.0, 0usize, 0usize);
     if ours.is_some() {
         let t = Instant::now();
-        assert!(profiler_runtime::flush());
+        assert!(threadprof_runtime::flush());
         dump_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        assert!(profiler_runtime::flush());
+        assert!(threadprof_runtime::flush());
         dump2_ms = t.elapsed().as_secs_f64() * 1e3;
-        let bytes = std::fs::read(dir.join(profiler_runtime::MERGED_FILE)).unwrap_or_default();
-        if let Ok(p) = profiler_runtime::pprof::decode_gz(&bytes) {
+        let bytes = std::fs::read(dir.join(threadprof_runtime::MERGED_FILE)).unwrap_or_default();
+        if let Ok(p) = threadprof_runtime::pprof::decode_gz(&bytes) {
             let cpu_i = p.sample_type_index("cpu").unwrap();
             for smp in &p.sample {
                 let name = p.label_str(smp, "thread_name").unwrap_or("?").to_owned();
@@ -311,8 +311,8 @@ fn kv(line: &str, key: &str) -> f64 {
 fn spawn_child(spec: &str) -> Run {
     let out = Command::new(std::env::current_exe().unwrap())
         .env(CHILD_ENV, spec)
-        .env_remove("PROFILER_FREQUENCY")
-        .env_remove("PROFILER_ENABLED")
+        .env_remove("THREADPROF_FREQUENCY")
+        .env_remove("THREADPROF_ENABLED")
         .output()
         .expect("child");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -411,7 +411,7 @@ fn wall_mutex_wait(m: &std::sync::Mutex<u64>) -> u64 {
 /// Three registered threads with known phases for `seconds`, profiled at `hz` (CPU and wall).
 fn wall_child(hz: u32, seconds: f64) {
     let dir = std::env::temp_dir().join(format!("accuracy-wall-{}", std::process::id()));
-    let _p = profiler_runtime::Profiler::builder()
+    let _p = threadprof_runtime::Profiler::builder()
         .output_dir(&dir)
         .frequency(hz)
         .wall_frequency(hz)
@@ -447,7 +447,7 @@ fn wall_child(hz: u32, seconds: f64) {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                let _g = profiler_runtime::enter(name);
+                let _g = threadprof_runtime::enter(name);
                 let (start, mut phases) = (Instant::now(), Phases::default());
                 while start.elapsed() < run_for {
                     body(&mut phases);
@@ -486,9 +486,9 @@ fn wall_child(hz: u32, seconds: f64) {
         .collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = (sender.join(), holder.join());
-    assert!(profiler_runtime::flush());
-    let bytes = std::fs::read(dir.join(profiler_runtime::MERGED_FILE)).unwrap();
-    let p = profiler_runtime::pprof::decode_gz(&bytes).unwrap();
+    assert!(threadprof_runtime::flush());
+    let bytes = std::fs::read(dir.join(threadprof_runtime::MERGED_FILE)).unwrap();
+    let p = threadprof_runtime::pprof::decode_gz(&bytes).unwrap();
     let wall_i = p.sample_type_index("wall").unwrap();
     for (thread, phases, registered) in results {
         let samples: Vec<_> = p
@@ -528,7 +528,7 @@ fn wall_child(hz: u32, seconds: f64) {
 
 /// Process CPU seconds while `n` registered threads sleep for `seconds`, wall sampling at `hz`.
 fn idle_child(n: usize, hz: u32, seconds: f64) {
-    let _p = profiler_runtime::Profiler::builder()
+    let _p = threadprof_runtime::Profiler::builder()
         .output_dir(std::env::temp_dir().join(format!("accuracy-idle-{}", std::process::id())))
         .wall_frequency(hz)
         .dump_interval(Duration::from_secs(3600))
@@ -539,7 +539,7 @@ fn idle_child(n: usize, hz: u32, seconds: f64) {
         .map(|i| {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let _g = profiler_runtime::enter(&format!("idle{i}"));
+                let _g = threadprof_runtime::enter(&format!("idle{i}"));
                 barrier.wait();
                 std::thread::sleep(Duration::from_secs_f64(seconds));
             })
@@ -680,7 +680,7 @@ fn main() {
         .unwrap_or(2.0);
     let ips = calibrate();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("# Accuracy and overhead: none vs pprof-rs 0.15 ProfilerGuard vs profiler");
+    println!("# Accuracy and overhead: none vs pprof-rs 0.15 ProfilerGuard vs threadprof");
     println!();
     println!(
         "Machine: {cores} cores. Each cell: median of {reps} run(s), each in a fresh process."

@@ -1,5 +1,5 @@
 //! Micro-costs: one sample taken by the signal handler, and `enter` + drop of a `ThreadGuard`
-//! (runtime on, and runtime switched off at run time with `PROFILER_ENABLED=0`).
+//! (runtime on, and runtime switched off at run time with `THREADPROF_ENABLED=0`).
 //!
 //! `cargo bench --bench overhead`. The per-sample cost is measured by having a thread send
 //! itself SIGPROF with `si_code = SI_TIMER` (what a timer expiry delivers) through
@@ -48,7 +48,7 @@ fn self_timer_signal() {
 /// thread's ring and no sample is dropped.
 fn signal_cost_ns(depth: u32, batch: u32, batches: u32, registered: bool) -> f64 {
     std::thread::spawn(move || {
-        let _g = registered.then(|| profiler_runtime::enter("overhead"));
+        let _g = registered.then(|| threadprof_runtime::enter("overhead"));
         let mut elapsed = Duration::ZERO;
         nest(depth, &mut || {
             for _ in 0..batches {
@@ -75,7 +75,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn guard_cost_ns(rounds: u32) -> f64 {
     let t = Instant::now();
     for _ in 0..rounds {
-        drop(black_box(profiler_runtime::enter("guard")));
+        drop(black_box(threadprof_runtime::enter("guard")));
     }
     t.elapsed().as_nanos() as f64 / f64::from(rounds)
 }
@@ -88,7 +88,7 @@ fn main() {
             return;
         }
         Ok("nested") => {
-            let _outer = profiler_runtime::enter("outer");
+            let _outer = threadprof_runtime::enter("outer");
             println!("{:.1}", guard_cost_ns(200_000));
             return;
         }
@@ -97,8 +97,11 @@ fn main() {
     let child = |mode: &str, enabled: &str| -> String {
         let out = Command::new(std::env::current_exe().unwrap())
             .env("OVERHEAD_CHILD", mode)
-            .env("PROFILER_ENABLED", enabled)
-            .env("PROFILER_DIR", std::env::temp_dir().join("overhead-bench"))
+            .env("THREADPROF_ENABLED", enabled)
+            .env(
+                "THREADPROF_DIR",
+                std::env::temp_dir().join("overhead-bench"),
+            )
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -115,7 +118,7 @@ fn main() {
         child("guard", "1")
     );
     println!(
-        "| `enter` + drop, runtime off at run time (`PROFILER_ENABLED=0`) | {} ns |",
+        "| `enter` + drop, runtime off at run time (`THREADPROF_ENABLED=0`) | {} ns |",
         child("guard", "0")
     );
     println!(
@@ -123,7 +126,7 @@ fn main() {
         child("nested", "1")
     );
 
-    let _p = profiler_runtime::Profiler::builder()
+    let _p = threadprof_runtime::Profiler::builder()
         .frequency(1)
         .output_dir(std::env::temp_dir().join("overhead-bench"))
         .dump_interval(Duration::from_secs(3600))

@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use profiler::profiled_thread;
+use threadprof::profiled_thread;
 
 /// Busy work whose cost is proportional to `rounds`, opaque to the optimiser.
 #[inline(never)]
@@ -71,7 +71,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
-    let handle = profiler::Profiler::builder()
+    let handle = threadprof::Profiler::builder()
         .output_dir(&dir)
         .dump_interval(Duration::from_secs(1))
         .wall_frequency(99)
@@ -79,7 +79,7 @@ fn main() {
     let handle = match handle {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("profiler did not start: {e}");
+            eprintln!("threadprof did not start: {e}");
             std::process::exit(1);
         }
     };
@@ -88,9 +88,9 @@ fn main() {
         .name("ip-monitor".into())
         .spawn(move || run_ip_monitor(until))
         .expect("spawn ip monitor");
-    let w1 = profiler::spawn("async_worker1", move || worker(until, parse_packets));
-    let w2 = profiler::spawn("async_worker2", move || worker(until, compress_batches));
-    let main_result = profiler::run("main_worker", || {
+    let w1 = threadprof::spawn("async_worker1", move || worker(until, parse_packets));
+    let w2 = threadprof::spawn("async_worker2", move || worker(until, compress_batches));
+    let main_result = threadprof::run("main_worker", || {
         let mut acc = 0;
         while Instant::now() < until {
             acc ^= reconcile_routes();
@@ -118,7 +118,7 @@ fn summarize(dir: &std::path::Path) {
         let path = dir.join(format!("{tag}.pb.gz"));
         let profile = match std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|b| profiler::pprof::decode_gz(&b).map_err(|e| e.to_string()))
+            .and_then(|b| threadprof::pprof::decode_gz(&b).map_err(|e| e.to_string()))
         {
             Ok(p) => p,
             Err(e) => {

@@ -2,7 +2,7 @@
 //! tagged thread, written to a directory every interval, with no CLI and no restart.
 //!
 //! ```
-//! use profiler::profiled_thread;
+//! use threadprof::profiled_thread;
 //!
 //! #[profiled_thread(tag = "ip_manager")]
 //! fn run_ip_monitor(rounds: u64) -> u64 {
@@ -10,38 +10,40 @@
 //! }
 //!
 //! let monitor = std::thread::spawn(|| run_ip_monitor(1_000_000));
-//! let worker = profiler::spawn("async_worker1", || (0..1_000_000u64).sum::<u64>());
-//! let total = profiler::run("main_worker", || monitor.join().unwrap() + worker.join().unwrap());
+//! let worker = threadprof::spawn("async_worker1", || (0..1_000_000u64).sum::<u64>());
+//! let total = threadprof::run("main_worker", || monitor.join().unwrap() + worker.join().unwrap());
 //! assert!(total > 0);
 //! ```
 //!
 //! Everything is behind the `enabled` cargo feature (off by default). Off, the attribute
 //! returns the function untouched and [`spawn`], [`run`], [`enter`] and the builder are
 //! pass-throughs that compile to nothing; no runtime code or dependency is built. On, the first
-//! registration starts the runtime from defaults and `PROFILER_*` environment variables (or
+//! registration starts the runtime from defaults and `THREADPROF_*` environment variables (or
 //! start it yourself with [`Profiler::builder`]); it samples each registered thread on its own
 //! CPU-time clock and writes `{dir}/{tag}.pb.gz` plus `{dir}/_merged.pb.gz` every interval.
 //!
-//! Wire the feature to one of your own: `[features] profiling = ["profiler/enabled"]`.
+//! Wire the feature to one of your own: `[features] profiling = ["threadprof/enabled"]`.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// Registers the current thread under a tag while the function runs.
 ///
 /// `#[profiled_thread(tag = "ip_manager")]` on a free function, associated function or method:
 /// while it runs, the calling thread is registered under the tag and sampled; on return or
 /// panic it is unregistered and its samples are kept. Without `tag`, the function's name is the
-/// tag. `crate = "path"` names the `profiler` crate if you renamed the dependency. With the
+/// tag. `crate = "path"` names the `threadprof` crate if you renamed the dependency. With the
 /// `enabled` feature off, the function is returned untouched.
-pub use profiler_macros::profiled_thread;
+pub use threadprof_macros::profiled_thread;
 
 #[cfg(feature = "enabled")]
-pub use profiler_runtime::{
+pub use threadprof_runtime::{
     enter, flush, live_threads, pprof, run, shutdown, spawn, stats, Config, Profiler,
     ProfilerBuilder, StartError, Stats, ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
 /// The address the HTTP endpoint listens on, once bound (`http` feature).
 #[cfg(feature = "http")]
-pub use profiler_runtime::http_local_addr;
+pub use threadprof_runtime::http_local_addr;
 
 #[cfg(not(feature = "enabled"))]
 mod disabled;

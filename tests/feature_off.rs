@@ -1,8 +1,8 @@
 //! With the `enabled` feature off, the attribute returns the function untouched and the API is
-//! a set of pass-throughs. Run with `cargo test -p profiler` (no features).
+//! a set of pass-throughs. Run with `cargo test -p threadprof` (no features).
 #![cfg(not(feature = "enabled"))]
 
-use profiler::profiled_thread;
+use threadprof::profiled_thread;
 
 // Untouched means still `const`: the enabled attribute rejects `const fn` (it registers at run
 // time), so this only compiles if nothing was inserted.
@@ -37,21 +37,21 @@ fn the_attribute_returns_the_function_untouched() {
 
 #[test]
 fn the_api_passes_through() {
-    let guard = profiler::enter("tag");
+    let guard = threadprof::enter("tag");
     assert!(!guard.is_active());
     assert_eq!(std::mem::size_of_val(&guard), 0);
-    assert_eq!(profiler::run("main_worker", || 7), 7);
-    let h = profiler::spawn("worker\0with nul", || {
+    assert_eq!(threadprof::run("main_worker", || 7), 7);
+    let h = threadprof::spawn("worker\0with nul", || {
         std::thread::current().name().map(str::to_owned)
     });
     assert_eq!(h.join().unwrap().as_deref(), Some("worker_with nul"));
-    let p = profiler::Profiler::builder()
+    let p = threadprof::Profiler::builder()
         .frequency(0)
         .output_dir("/nonexistent")
         .start()
         .unwrap();
     assert!(!p.config().enabled);
-    assert!(!profiler::flush());
-    profiler::shutdown();
-    assert!(profiler::live_threads().is_empty());
+    assert!(!threadprof::flush());
+    threadprof::shutdown();
+    assert!(threadprof::live_threads().is_empty());
 }

@@ -12,9 +12,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
-use profiler::pprof::{decode_gz, Profile};
+use threadprof::pprof::{decode_gz, Profile};
 
-const CHILD: &str = "PROFILER_HTTP_TEST_CHILD";
+const CHILD: &str = "THREADPROF_HTTP_TEST_CHILD";
 
 /// Tests that open profile windows take this, so the window limit can be checked exactly.
 static WINDOWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -24,10 +24,10 @@ fn windows_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn server() -> SocketAddr {
-    static STATE: OnceLock<(tempfile::TempDir, profiler::Profiler)> = OnceLock::new();
+    static STATE: OnceLock<(tempfile::TempDir, threadprof::Profiler)> = OnceLock::new();
     STATE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let handle = profiler::Profiler::builder()
+        let handle = threadprof::Profiler::builder()
             .output_dir(dir.path())
             .dump_interval(Duration::from_secs(3600))
             .frequency(199)
@@ -36,7 +36,7 @@ fn server() -> SocketAddr {
             .expect("start");
         (dir, handle)
     });
-    profiler::http_local_addr().expect("server listening")
+    threadprof::http_local_addr().expect("server listening")
 }
 
 struct Response {
@@ -105,7 +105,7 @@ fn http_hot_b(n: u64) -> u64 {
 
 /// A registered thread that burns CPU in `work` until `stop` is set.
 fn busy(tag: &str, work: fn(u64) -> u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    profiler::spawn(tag, move || {
+    threadprof::spawn(tag, move || {
         let mut acc = 0;
         while !stop.load(Ordering::Relaxed) {
             acc ^= black_box(work(20_000));
@@ -170,7 +170,7 @@ fn a_window_holds_the_cpu_burned_during_it_and_the_tag_filter_works() {
 #[test]
 fn every_bad_request_gets_its_status() {
     let addr = server();
-    profiler::run("http_known", || black_box(http_hot_a(1000)));
+    threadprof::run("http_known", || black_box(http_hot_a(1000)));
     for (path, status) in [
         ("/nope", 404),
         ("/profiles/no_such_tag.pb.gz", 404),
@@ -262,7 +262,7 @@ fn the_flamegraph_endpoint_draws_the_window() {
     let _serial = windows_lock();
     let stop = Arc::new(AtomicBool::new(false));
     let a = busy("http_flame", http_hot_b, stop.clone());
-    while !profiler::live_threads()
+    while !threadprof::live_threads()
         .iter()
         .any(|t| t.tag == "http_flame")
     {
@@ -294,7 +294,10 @@ fn go_tool_pprof_reads_the_endpoint() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let a = busy("http_go", http_hot_a, stop.clone());
-    while !profiler::live_threads().iter().any(|t| t.tag == "http_go") {
+    while !threadprof::live_threads()
+        .iter()
+        .any(|t| t.tag == "http_go")
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     let home = tempfile::tempdir().unwrap();
@@ -346,13 +349,13 @@ fn child_token() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    let _p = profiler::Profiler::builder()
+    let _p = threadprof::Profiler::builder()
         .http_addr("127.0.0.1:0")
         .http_token("s3cret")
-        .output_dir(std::env::temp_dir().join("profiler-http-token-test"))
+        .output_dir(std::env::temp_dir().join("threadprof-http-token-test"))
         .start()
         .unwrap();
-    let addr = profiler::http_local_addr().unwrap();
+    let addr = threadprof::http_local_addr().unwrap();
     let path = "/debug/pprof/";
     let none = get(addr, path).status;
     let wrong = request(
@@ -376,13 +379,13 @@ fn child_bind_failure() {
     }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let _p = profiler::Profiler::builder()
+    let _p = threadprof::Profiler::builder()
         .http_addr(addr.to_string())
-        .output_dir(std::env::var("PROFILER_DIR").unwrap())
+        .output_dir(std::env::var("THREADPROF_DIR").unwrap())
         .start()
         .unwrap();
     println!("BOUND_TO {addr}");
-    profiler::run("still_sampled", || {
+    threadprof::run("still_sampled", || {
         burn_for(Duration::from_millis(200), http_hot_b)
     });
     std::process::exit(0);
@@ -392,9 +395,9 @@ fn run_child(test: &str, dir: &std::path::Path) -> (String, String) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
-        .env("PROFILER_DIR", dir)
-        .env_remove("PROFILER_HTTP_ADDR")
-        .env_remove("PROFILER_HTTP_TOKEN")
+        .env("THREADPROF_DIR", dir)
+        .env_remove("THREADPROF_HTTP_ADDR")
+        .env_remove("THREADPROF_HTTP_TOKEN")
         .output()
         .unwrap();
     assert!(

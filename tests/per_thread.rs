@@ -9,15 +9,15 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
-use profiler::profiled_thread;
+use threadprof::profiled_thread;
 
 /// One runtime for this test binary, writing into a temporary directory.
 fn dir() -> &'static Path {
-    static STATE: OnceLock<(tempfile::TempDir, profiler::Profiler)> = OnceLock::new();
+    static STATE: OnceLock<(tempfile::TempDir, threadprof::Profiler)> = OnceLock::new();
     STATE
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let handle = profiler::Profiler::builder()
+            let handle = threadprof::Profiler::builder()
                 .output_dir(dir.path())
                 .dump_interval(Duration::from_secs(3600))
                 .frequency(499)
@@ -29,8 +29,8 @@ fn dir() -> &'static Path {
         .path()
 }
 
-fn flush_and_read(tag: &str) -> profiler::pprof::Profile {
-    assert!(profiler::flush(), "flush");
+fn flush_and_read(tag: &str) -> threadprof::pprof::Profile {
+    assert!(threadprof::flush(), "flush");
     read_profile(&dir().join(format!("{tag}.pb.gz")))
 }
 
@@ -50,11 +50,11 @@ fn each_tag_holds_its_own_thread_and_unregistered_threads_pay_nothing() {
         burn_for(Duration::from_millis(400), unregistered_work);
         tid
     });
-    let a = profiler::spawn("alpha", || {
+    let a = threadprof::spawn("alpha", || {
         burn_for(Duration::from_millis(400), alpha_work);
         gettid()
     });
-    let b = profiler::spawn("beta", || {
+    let b = threadprof::spawn("beta", || {
         burn_for(Duration::from_millis(400), beta_work);
         gettid()
     });
@@ -88,7 +88,7 @@ fn each_tag_holds_its_own_thread_and_unregistered_threads_pay_nothing() {
         .iter()
         .all(|s| beta.label_num(s, "thread_id") == Some(b_tid)));
 
-    let merged = read_profile(&dir().join(profiler::MERGED_FILE));
+    let merged = read_profile(&dir().join(threadprof::MERGED_FILE));
     assert!(cpu_by_function(&merged, "unregistered_work").is_empty());
     assert!(merged
         .sample
@@ -114,7 +114,9 @@ fn a_thread_that_panics_keeps_its_profile_and_the_panic_propagates() {
         payload.downcast_ref::<&str>(),
         Some(&"boom from a profiled thread")
     );
-    assert!(profiler::live_threads().iter().all(|t| t.tag != "panicker"));
+    assert!(threadprof::live_threads()
+        .iter()
+        .all(|t| t.tag != "panicker"));
     let p = flush_and_read("panicker");
     assert_eq!(
         hottest(&p, "_work").as_deref(),
@@ -127,7 +129,7 @@ fn a_pool_shares_one_profile_labelled_by_thread() {
     dir();
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            profiler::spawn("pool", || {
+            threadprof::spawn("pool", || {
                 burn_for(Duration::from_millis(150), pool_work);
                 gettid()
             })
@@ -150,10 +152,10 @@ fn a_pool_shares_one_profile_labelled_by_thread() {
 fn nested_enter_uses_the_innermost_tag_and_restores_the_outer() {
     dir();
     std::thread::spawn(|| {
-        let _outer = profiler::enter("outer");
+        let _outer = threadprof::enter("outer");
         burn_for(Duration::from_millis(150), outer_work);
         {
-            let _inner = profiler::enter("inner");
+            let _inner = threadprof::enter("inner");
             burn_for(Duration::from_millis(150), inner_work);
         }
         burn_for(Duration::from_millis(150), outer_work);
@@ -175,11 +177,11 @@ fn nested_enter_uses_the_innermost_tag_and_restores_the_outer() {
 #[test]
 fn run_registers_the_current_thread_and_hostile_tags_stay_inside_the_directory() {
     dir();
-    let v = profiler::run("../../escape/attempt", || {
+    let v = threadprof::run("../../escape/attempt", || {
         burn_for(Duration::from_millis(100), alpha_work)
     });
     black_box(v);
-    assert!(profiler::flush());
+    assert!(threadprof::flush());
     let names: Vec<String> = std::fs::read_dir(dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -202,14 +204,14 @@ busy_fn!(one_work, 9u64);
 fn a_3_to_1_cpu_split_lands_between_2_and_4_to_1() {
     dir();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let heavy = profiler::spawn("split_heavy", move || {
-        let info = profiler::live_threads()
+    let heavy = threadprof::spawn("split_heavy", move || {
+        let info = threadprof::live_threads()
             .into_iter()
             .find(|t| t.tag == "split_heavy");
         started_tx.send(info).unwrap();
         burn_for(Duration::from_millis(450), three_work)
     });
-    let light = profiler::spawn("split_light", || {
+    let light = threadprof::spawn("split_light", || {
         burn_for(Duration::from_millis(150), one_work)
     });
     let info = started_rx

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 
-const CHILD: &str = "PROFILER_TEST_CHILD";
+const CHILD: &str = "THREADPROF_TEST_CHILD";
 
 #[inline(never)]
 fn short_lived_work(n: u64) -> u64 {
@@ -29,7 +29,7 @@ fn child_short_program() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    let t = profiler::spawn("short_lived", || {
+    let t = threadprof::spawn("short_lived", || {
         burn_for(Duration::from_millis(300), short_lived_work)
     });
     black_box(t.join().unwrap());
@@ -42,15 +42,15 @@ fn child_explicit_start_after_lazy_start() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    let _g = profiler::enter("first");
-    let err = profiler::Profiler::builder()
+    let _g = threadprof::enter("first");
+    let err = threadprof::Profiler::builder()
         .start()
         .expect_err("already started");
     println!("START ERROR: {err}");
     drop(_g);
-    profiler::shutdown();
-    profiler::shutdown();
-    let after = profiler::enter("after_shutdown");
+    threadprof::shutdown();
+    threadprof::shutdown();
+    let after = threadprof::enter("after_shutdown");
     println!("AFTER SHUTDOWN ACTIVE: {}", after.is_active());
     std::process::exit(0);
 }
@@ -59,11 +59,11 @@ fn run_child(test: &str, dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
-        .env("PROFILER_DIR", dir)
-        .env_remove("PROFILER_ENABLED")
-        .env_remove("PROFILER_FREQUENCY")
-        .env_remove("PROFILER_DUMP_INTERVAL")
-        .env_remove("PROFILER_WALL_FREQUENCY");
+        .env("THREADPROF_DIR", dir)
+        .env_remove("THREADPROF_ENABLED")
+        .env_remove("THREADPROF_FREQUENCY")
+        .env_remove("THREADPROF_DUMP_INTERVAL")
+        .env_remove("THREADPROF_WALL_FREQUENCY");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -82,14 +82,14 @@ fn a_short_lived_program_leaves_its_dumps_at_exit() {
     run_child(
         "child_short_program",
         dir.path(),
-        &[("PROFILER_DUMP_INTERVAL", "600")],
+        &[("THREADPROF_DUMP_INTERVAL", "600")],
     );
     let p = read_profile(&dir.path().join("short_lived.pb.gz"));
     assert_eq!(
         hottest(&p, "short_lived_work").as_deref(),
         Some("process::short_lived_work")
     );
-    assert!(dir.path().join(profiler::MERGED_FILE).exists());
+    assert!(dir.path().join(threadprof::MERGED_FILE).exists());
     assert_eq!(p.period, 1_000_000_000 / 99, "default frequency");
 }
 
@@ -100,16 +100,16 @@ fn bad_environment_values_warn_and_fall_back_to_defaults() {
         "child_short_program",
         dir.path(),
         &[
-            ("PROFILER_FREQUENCY", "lots"),
-            ("PROFILER_DUMP_INTERVAL", "-3"),
-            ("PROFILER_WALL_FREQUENCY", "5000"),
+            ("THREADPROF_FREQUENCY", "lots"),
+            ("THREADPROF_DUMP_INTERVAL", "-3"),
+            ("THREADPROF_WALL_FREQUENCY", "5000"),
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     for needle in [
-        "PROFILER_FREQUENCY = \"lots\" is invalid",
-        "PROFILER_DUMP_INTERVAL = \"-3\" is invalid",
-        "PROFILER_WALL_FREQUENCY = \"5000\" is invalid",
+        "THREADPROF_FREQUENCY = \"lots\" is invalid",
+        "THREADPROF_DUMP_INTERVAL = \"-3\" is invalid",
+        "THREADPROF_WALL_FREQUENCY = \"5000\" is invalid",
     ] {
         assert!(
             stderr.contains(needle),
@@ -118,7 +118,7 @@ fn bad_environment_values_warn_and_fall_back_to_defaults() {
     }
     // No logger installed: each warning reaches stderr exactly once.
     assert_eq!(
-        stderr.matches("PROFILER_FREQUENCY = ").count(),
+        stderr.matches("THREADPROF_FREQUENCY = ").count(),
         1,
         "{stderr}"
     );
@@ -131,12 +131,35 @@ fn bad_environment_values_warn_and_fall_back_to_defaults() {
 }
 
 #[test]
-fn profiler_enabled_0_writes_nothing() {
+fn variables_under_the_old_prefix_are_named_once_and_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_dir = tempfile::tempdir().unwrap();
+    let old_dir_s = old_dir.path().to_str().unwrap();
+    let out = run_child(
+        "child_short_program",
+        dir.path(),
+        &[("PROFILER_DIR", old_dir_s), ("PROFILER_FREQUENCY", "500")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (old, new) in [
+        ("PROFILER_DIR", "THREADPROF_DIR"),
+        ("PROFILER_FREQUENCY", "THREADPROF_FREQUENCY"),
+    ] {
+        let needle = format!("{old} is set but no longer read; the variable is now named {new}");
+        assert_eq!(stderr.matches(&needle).count(), 1, "{stderr}");
+    }
+    let p = read_profile(&dir.path().join("short_lived.pb.gz"));
+    assert_eq!(p.period, 1_000_000_000 / 99, "old FREQUENCY not read");
+    assert_eq!(std::fs::read_dir(old_dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn threadprof_enabled_0_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     run_child(
         "child_short_program",
         dir.path(),
-        &[("PROFILER_ENABLED", "0")],
+        &[("THREADPROF_ENABLED", "0")],
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -6,7 +6,7 @@
 //! fails, so a deadlock is a failure, not a hang. Slow cases are `#[ignore]`d: `.ci/run` runs
 //! the 60 s signal-safety stress with `--ignored`; the 10-minute soak is run by hand:
 //! `cargo test --all-features --test reliability -- --ignored soak --nocapture`
-//! (`PROFILER_SOAK_SECS` shortens or lengthens it).
+//! (`THREADPROF_SOAK_SECS` shortens or lengthens it).
 #![cfg(all(feature = "enabled", target_os = "linux"))]
 
 mod common;
@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use profiler::pprof::Profile;
-use profiler::profiled_thread;
+use threadprof::pprof::Profile;
+use threadprof::profiled_thread;
 
-const CHILD: &str = "PROFILER_RELIABILITY_CHILD";
-const ROOT: &str = "PROFILER_RELIABILITY_ROOT";
+const CHILD: &str = "THREADPROF_RELIABILITY_CHILD";
+const ROOT: &str = "THREADPROF_RELIABILITY_ROOT";
 
 // ------------------------------------------------------------------ harness
 
@@ -69,12 +69,12 @@ fn run_child_unchecked(name: &str, root: &Path, env: &[(&str, &str)], limit: Dur
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     for var in [
-        "PROFILER_ENABLED",
-        "PROFILER_DIR",
-        "PROFILER_FREQUENCY",
-        "PROFILER_DUMP_INTERVAL",
-        "PROFILER_WALL_FREQUENCY",
-        "PROFILER_HTTP_ADDR",
+        "THREADPROF_ENABLED",
+        "THREADPROF_DIR",
+        "THREADPROF_FREQUENCY",
+        "THREADPROF_DUMP_INTERVAL",
+        "THREADPROF_WALL_FREQUENCY",
+        "THREADPROF_HTTP_ADDR",
     ] {
         cmd.env_remove(var);
     }
@@ -166,7 +166,7 @@ fn samples_total(p: &Profile) -> u64 {
 
 /// Every sample the handler recorded is in `p` (all registered threads have ended).
 fn assert_has_every_sample(p: &Profile, what: &str) {
-    let stats = profiler::stats();
+    let stats = threadprof::stats();
     assert_eq!(
         samples_total(p),
         stats.samples,
@@ -205,7 +205,7 @@ fn spawn_busy(
     stop: &Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let stop = stop.clone();
-    profiler::spawn(tag, move || {
+    threadprof::spawn(tag, move || {
         while !stop.load(Ordering::Relaxed) {
             black_box(work(rounds));
             if !pause.is_zero() {
@@ -224,8 +224,8 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 }
 
 /// Starts the runtime writing to `dir`.
-fn start_profiler(dir: &Path, every: Duration, cpu_hz: u32, wall_hz: u32) -> profiler::Profiler {
-    profiler::Profiler::builder()
+fn start_profiler(dir: &Path, every: Duration, cpu_hz: u32, wall_hz: u32) -> threadprof::Profiler {
+    threadprof::Profiler::builder()
         .output_dir(dir)
         .dump_interval(every)
         .frequency(cpu_hz)
@@ -275,12 +275,12 @@ fn child_output_faults() {
     let _p = start_profiler(&dir, Duration::from_secs(3600), 999, 0);
     let file = dir.join("faulty.pb.gz");
     let phase = || {
-        profiler::spawn("faulty", || {
+        threadprof::spawn("faulty", || {
             burn_for(Duration::from_millis(150), faulty_work)
         })
         .join()
         .unwrap();
-        assert!(profiler::flush(), "flush");
+        assert!(threadprof::flush(), "flush");
     };
     let write_errors = || logged(log::Level::Error, "cannot write");
 
@@ -293,11 +293,11 @@ fn child_output_faults() {
     // Not writable: one error per failed dump, the last good file intact, sampling goes on.
     let good = std::fs::read(&file).unwrap();
     chmod(&dir, 0o555);
-    let (failed0, errors0) = (profiler::stats().failed_dumps, write_errors());
+    let (failed0, errors0) = (threadprof::stats().failed_dumps, write_errors());
     phase();
     phase();
     assert_eq!(
-        profiler::stats().failed_dumps - failed0,
+        threadprof::stats().failed_dumps - failed0,
         2,
         "two failed dumps"
     );
@@ -333,10 +333,10 @@ fn child_output_faults() {
         };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &small), 0);
     }
-    let (failed0, errors0) = (profiler::stats().failed_dumps, write_errors());
+    let (failed0, errors0) = (threadprof::stats().failed_dumps, write_errors());
     phase();
     assert_eq!(
-        profiler::stats().failed_dumps - failed0,
+        threadprof::stats().failed_dumps - failed0,
         1,
         "the dump failed"
     );
@@ -373,7 +373,7 @@ fn child_atomic_files() {
         spawn_busy("reader_b", reader_b_work, 50_000, Duration::ZERO, &stop),
     ];
     let (mut decoded, mut failures) = (0u64, Vec::new());
-    let dumps0 = profiler::stats().dumps;
+    let dumps0 = threadprof::stats().dumps;
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     while Instant::now() < until {
         for path in files_under(&dir) {
@@ -383,7 +383,7 @@ fn child_atomic_files() {
             }
             let result = std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| profiler::pprof::decode_gz(&b).map_err(|e| e.to_string()));
+                .and_then(|b| threadprof::pprof::decode_gz(&b).map_err(|e| e.to_string()));
             match result {
                 Ok(p) if samples_total(&p) > 0 => decoded += 1,
                 Ok(_) => failures.push(format!("{name}: empty profile")),
@@ -396,7 +396,7 @@ fn child_atomic_files() {
     for b in burners {
         b.join().unwrap();
     }
-    let dumps = profiler::stats().dumps - dumps0;
+    let dumps = threadprof::stats().dumps - dumps0;
     println!(
         "ATOMIC decoded={decoded} failures={} dumps={dumps}",
         failures.len()
@@ -410,7 +410,7 @@ fn child_atomic_files() {
         "only {dumps} dumps in {seconds} s"
     );
     assert!(decoded as f64 >= seconds * 20.0, "only {decoded} reads");
-    profiler::shutdown();
+    threadprof::shutdown();
     assert!(
         temp_files(&dir).is_empty(),
         "temporary files left after shutdown"
@@ -458,25 +458,26 @@ fn child_hostile_tags() {
         // Threads run one at a time: burn until this thread has a sample (the process-wide
         // count grew), so that every tag has a file to check.
         let work = || {
-            let (before, start) = (profiler::stats().samples, Instant::now());
-            while profiler::stats().samples == before && start.elapsed() < Duration::from_secs(5) {
+            let (before, start) = (threadprof::stats().samples, Instant::now());
+            while threadprof::stats().samples == before && start.elapsed() < Duration::from_secs(5)
+            {
                 burn_for(Duration::from_millis(10), hostile_work);
             }
         };
         match i % 3 {
-            0 => profiler::spawn(&tag, work).join().unwrap(),
-            1 => std::thread::spawn(move || profiler::run(&tag, work))
+            0 => threadprof::spawn(&tag, work).join().unwrap(),
+            1 => std::thread::spawn(move || threadprof::run(&tag, work))
                 .join()
                 .unwrap(),
             _ => std::thread::spawn(move || {
-                let _g = profiler::enter(&tag);
+                let _g = threadprof::enter(&tag);
                 work()
             })
             .join()
             .unwrap(),
         }
     }
-    assert!(profiler::flush());
+    assert!(threadprof::flush());
     // Nothing was written anywhere but the output directory, and only plain file names.
     for f in files_under(&root()) {
         assert_eq!(
@@ -487,11 +488,11 @@ fn child_hostile_tags() {
         let name = f.file_name().unwrap().to_str().expect("UTF-8 file name");
         let stem = name.strip_suffix(".pb.gz").expect("a .pb.gz file");
         assert!(
-            stem == "_merged" || profiler_runtime::tag::is_safe(stem),
+            stem == "_merged" || threadprof_runtime::tag::is_safe(stem),
             "unsafe file name {name:?}"
         );
     }
-    let merged = read_profile(&out.join(profiler::MERGED_FILE));
+    let merged = read_profile(&out.join(threadprof::MERGED_FILE));
     assert_has_every_sample(&merged, "merged");
     let names: BTreeSet<String> = files_under(&out)
         .iter()
@@ -541,7 +542,7 @@ fn child_panics() {
     let dir = root();
     let _p = start_profiler(&dir, Duration::from_millis(200), 999, 0);
     // A registered thread that panics: the payload comes back unchanged.
-    let err = profiler::spawn("doomed", || {
+    let err = threadprof::spawn("doomed", || {
         burn_for(Duration::from_millis(150), doomed_work);
         std::panic::panic_any(Payload(42));
     })
@@ -550,8 +551,8 @@ fn child_panics() {
     assert_eq!(err.downcast_ref::<Payload>(), Some(&Payload(42)));
     let err = std::thread::spawn(doomed_attr).join().unwrap_err();
     assert_eq!(err.downcast_ref::<&str>(), Some(&"doomed by design"));
-    assert!(profiler::live_threads().is_empty(), "unregistered");
-    assert!(profiler::flush());
+    assert!(threadprof::live_threads().is_empty(), "unregistered");
+    assert!(threadprof::flush());
     for tag in ["doomed", "doomed_attr"] {
         let p = read_profile(&dir.join(format!("{tag}.pb.gz")));
         assert!(
@@ -559,29 +560,29 @@ fn child_panics() {
             "{tag} kept its samples"
         );
     }
-    assert_has_every_sample(&read_profile(&dir.join(profiler::MERGED_FILE)), "merged");
+    assert_has_every_sample(&read_profile(&dir.join(threadprof::MERGED_FILE)), "merged");
 
     // A panic inside the profiler's own dump path: logged, and dumps go on.
-    profiler_runtime::__inject_dump_panic();
+    threadprof_runtime::__inject_dump_panic();
     let deadline = Instant::now() + Duration::from_secs(10);
     while logged(log::Level::Error, "internal error in the profiler") == 0 {
         assert!(Instant::now() < deadline, "injected panic never reported");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let dumps = profiler::stats().dumps;
-    profiler::spawn("after_panic", || {
+    let dumps = threadprof::stats().dumps;
+    threadprof::spawn("after_panic", || {
         burn_for(Duration::from_millis(150), after_panic_work)
     })
     .join()
     .unwrap();
-    while profiler::stats().dumps < dumps + 2 {
+    while threadprof::stats().dumps < dumps + 2 {
         assert!(
             Instant::now() < deadline,
             "periodic dumps stopped after the panic"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(profiler::flush());
+    assert!(threadprof::flush());
     let p = read_profile(&dir.join("after_panic.pb.gz"));
     assert!(
         cpu_by_function(&p, "after_panic_work")
@@ -590,7 +591,7 @@ fn child_panics() {
             > 0
     );
     assert_has_every_sample(
-        &read_profile(&dir.join(profiler::MERGED_FILE)),
+        &read_profile(&dir.join(threadprof::MERGED_FILE)),
         "after panic",
     );
     println!("CHILD OK");
@@ -637,10 +638,10 @@ fn child_churn() {
                     let long = i % 100 == 0;
                     let tag = format!("churn-{}", i % 50);
                     let h = match i % 3 {
-                        0 => profiler::spawn(&tag, move || churn_body(long)),
+                        0 => threadprof::spawn(&tag, move || churn_body(long)),
                         1 => std::thread::spawn(move || churn_attr(long)),
                         _ => std::thread::spawn(move || {
-                            let _g = profiler::enter(&tag);
+                            let _g = threadprof::enter(&tag);
                             churn_body(long)
                         }),
                     };
@@ -657,28 +658,28 @@ fn child_churn() {
         long_tids
     };
     run(0..500); // warm-up: tags interned, allocator pools and symbol cache filled
-    assert!(profiler::flush());
+    assert!(threadprof::flush());
     let (rss0, timers0) = (rss_kib(), posix_timers());
     let started = Instant::now();
     let long_tids = run(500..500 + threads);
     let secs = started.elapsed().as_secs_f64();
-    assert!(profiler::flush());
-    let (rss1, timers1, live) = (rss_kib(), posix_timers(), profiler::stats().live_threads);
+    assert!(threadprof::flush());
+    let (rss1, timers1, live) = (rss_kib(), posix_timers(), threadprof::stats().live_threads);
     println!(
         "CHURN threads={threads} secs={secs:.1} rss_before_kib={rss0} rss_after_kib={rss1} \
          timers_before={timers0} timers_after={timers1} live_after={live}"
     );
     assert_eq!(live, 0, "registry back to empty");
-    assert!(profiler::live_threads().is_empty());
+    assert!(threadprof::live_threads().is_empty());
     assert_eq!(timers1, timers0, "every timer deleted");
     assert_eq!(timers1, 0, "no timer left at all");
     assert!(
         rss1 < rss0 + 16 * 1024,
         "RSS grew from {rss0} KiB to {rss1} KiB over {threads} threads"
     );
-    let merged = read_profile(&dir.join(profiler::MERGED_FILE));
+    let merged = read_profile(&dir.join(threadprof::MERGED_FILE));
     assert_has_every_sample(&merged, "merged");
-    let tid_i = |s: &profiler::pprof::Sample| {
+    let tid_i = |s: &threadprof::pprof::Sample| {
         s.label
             .iter()
             .find(|l| merged.string(l.key) == "thread_id")
@@ -744,7 +745,7 @@ fn stress_panic(i: u64) -> bool {
 
 #[inline(never)]
 fn stress_spawn(i: u64) -> u64 {
-    profiler::spawn(&format!("stress-child-{}", i % 4), move || {
+    threadprof::spawn(&format!("stress-child-{}", i % 4), move || {
         black_box(churn_work(1_000 + i % 100))
     })
     .join()
@@ -772,7 +773,7 @@ fn child_signal_stress() {
         .enumerate()
         .map(|(w, count)| {
             let count = count.clone();
-            profiler::spawn(&format!("stress-{w}"), move || {
+            threadprof::spawn(&format!("stress-{w}"), move || {
                 let mut i = 0u64;
                 while Instant::now() < until {
                     match w {
@@ -791,14 +792,14 @@ fn child_signal_stress() {
     for w in workers {
         w.join().unwrap();
     }
-    assert!(profiler::flush());
-    let merged = read_profile(&dir.join(profiler::MERGED_FILE));
+    assert!(threadprof::flush());
+    let merged = read_profile(&dir.join(threadprof::MERGED_FILE));
     assert_has_every_sample(&merged, "merged");
     let done: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     println!(
         "STRESS seconds={seconds} iterations={done:?} samples={} dropped={}",
-        profiler::stats().samples,
-        profiler::stats().dropped
+        threadprof::stats().samples,
+        threadprof::stats().dropped
     );
     assert!(done.iter().all(|&n| n > 0), "a worker made no progress");
     for f in ["stress_alloc", "stress_panic", "stress_spawn"] {
@@ -846,7 +847,7 @@ fn child_blocking_syscalls() {
     }
     let _p = start_profiler(&root(), Duration::from_secs(3600), 999, 999);
     let pause = Duration::from_millis(300);
-    profiler::spawn("blocking", move || {
+    threadprof::spawn("blocking", move || {
         // A raw blocking read(2) on a pipe: restarted by SA_RESTART, never EINTR.
         let mut fds = [0; 2];
         // SAFETY: pipe writes two fds into the array we own.
@@ -959,7 +960,7 @@ fn child_soak() {
     if !is_child("soak") {
         return;
     }
-    let seconds: u64 = env_or("PROFILER_SOAK_SECS", 600);
+    let seconds: u64 = env_or("THREADPROF_SOAK_SECS", 600);
     let dir = root();
     let _p = start_profiler(&dir, Duration::from_secs(1), 999, 99);
     let stop = Arc::new(AtomicBool::new(false));
@@ -968,7 +969,7 @@ fn child_soak() {
         spawn_busy("soak_a", soak_a_work, 200_000, pause, &stop),
         spawn_busy("soak_b", soak_b_work, 200_000, pause, &stop),
     ];
-    let merged = dir.join(profiler::MERGED_FILE);
+    let merged = dir.join(threadprof::MERGED_FILE);
     let mut rows = Vec::new();
     let start = Instant::now();
     let step = (seconds / 10).max(1);
@@ -1004,7 +1005,7 @@ fn child_soak() {
 #[ignore = "10 minutes; run by hand (see the module docs)"]
 fn soak_ten_minutes() {
     let root = tempfile::tempdir().unwrap();
-    let secs: u64 = env_or("PROFILER_SOAK_SECS", 600);
+    let secs: u64 = env_or("THREADPROF_SOAK_SECS", 600);
     let out = run_child("soak", root.path(), &[], Duration::from_secs(secs + 120));
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
@@ -1019,27 +1020,27 @@ fn child_shutdown() {
     let how = std::env::var("HOW").unwrap();
     let dir = root();
     let handle = (how == "drop").then(|| start_profiler(&dir, Duration::from_secs(3600), 999, 0));
-    // Lazily started (from PROFILER_* set by the parent) unless a handle exists.
-    profiler::spawn("final", || {
+    // Lazily started (from THREADPROF_* set by the parent) unless a handle exists.
+    threadprof::spawn("final", || {
         burn_for(Duration::from_millis(200), shutdown_work)
     })
     .join()
     .unwrap();
-    let samples = profiler::stats().samples;
+    let samples = threadprof::stats().samples;
     println!("SAMPLES {samples}");
     match how.as_str() {
         "drop" => drop(handle),
-        "shutdown" => profiler::shutdown(),
+        "shutdown" => threadprof::shutdown(),
         _ => std::process::exit(0), // libc exit: the at-exit hook writes the final dump
     }
     // Harmless afterwards: a second shutdown, a new registration, a flush.
-    profiler::shutdown();
-    let g = profiler::enter("too_late");
+    threadprof::shutdown();
+    let g = threadprof::enter("too_late");
     assert!(!g.is_active());
     assert_eq!(posix_timers(), 0);
-    assert!(!profiler::flush());
+    assert!(!threadprof::flush());
     drop(g);
-    assert_eq!(profiler::stats().samples, samples);
+    assert_eq!(threadprof::stats().samples, samples);
     println!("CHILD OK");
 }
 
@@ -1051,9 +1052,9 @@ fn drop_shutdown_and_exit_each_leave_complete_final_dumps() {
         let mut cmd_env = vec![("HOW", how)];
         if how != "drop" {
             cmd_env.extend([
-                ("PROFILER_DIR", dir),
-                ("PROFILER_DUMP_INTERVAL", "3600"),
-                ("PROFILER_FREQUENCY", "999"),
+                ("THREADPROF_DIR", dir),
+                ("THREADPROF_DUMP_INTERVAL", "3600"),
+                ("THREADPROF_FREQUENCY", "999"),
             ]);
         }
         let limit = Duration::from_secs(60);
@@ -1074,7 +1075,7 @@ fn drop_shutdown_and_exit_each_leave_complete_final_dumps() {
             .parse()
             .expect("child printed its sample count");
         assert!(samples > 0);
-        for file in ["final.pb.gz", profiler::MERGED_FILE] {
+        for file in ["final.pb.gz", threadprof::MERGED_FILE] {
             let p = read_profile(&root.path().join(file));
             assert_eq!(samples_total(&p), samples, "{how}: {file} is incomplete");
         }
@@ -1096,7 +1097,7 @@ fn child_coexistence() {
             .frequency(99)
             .build()
             .expect("pprof-rs");
-        let err = profiler::Profiler::builder()
+        let err = threadprof::Profiler::builder()
             .output_dir(&dir)
             .start()
             .expect_err("must refuse to start beside another SIGPROF handler");
@@ -1105,7 +1106,7 @@ fn child_coexistence() {
             .to_string()
             .contains("another SIGPROF handler is installed"));
         // A lazy start (first registration) refuses too, with an error, and costs nothing.
-        let g = profiler::enter("lazy");
+        let g = threadprof::enter("lazy");
         assert!(!g.is_active());
         assert_eq!(logged(log::Level::Error, "another SIGPROF handler"), 1);
         drop(g);
@@ -1143,7 +1144,7 @@ fn child_coexistence() {
         println!("PPROF samples={n}");
         assert!(n > 5);
         // What we recorded before the replacement is kept.
-        assert!(profiler::flush());
+        assert!(threadprof::flush());
         let p = read_profile(&dir.join("ours.pb.gz"));
         assert!(samples_total(&p) > 0);
     }

@@ -15,11 +15,11 @@ use common::*;
 
 /// One runtime for this binary: CPU at 99 Hz, wall at 999 Hz.
 fn dir() -> &'static Path {
-    static STATE: OnceLock<(tempfile::TempDir, profiler::Profiler)> = OnceLock::new();
+    static STATE: OnceLock<(tempfile::TempDir, threadprof::Profiler)> = OnceLock::new();
     STATE
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let handle = profiler::Profiler::builder()
+            let handle = threadprof::Profiler::builder()
                 .output_dir(dir.path())
                 .dump_interval(Duration::from_secs(3600))
                 .frequency(99)
@@ -44,7 +44,7 @@ fn at_least(start: Instant, d: Duration, what: &str) {
 #[test]
 fn std_blocking_calls_complete_with_correct_results_and_durations() {
     dir();
-    profiler::run("blocking_std", || {
+    threadprof::run("blocking_std", || {
         // sleep
         let t = Instant::now();
         std::thread::sleep(Duration::from_millis(200));
@@ -108,7 +108,7 @@ fn std_blocking_calls_complete_with_correct_results_and_durations() {
 #[test]
 fn tcp_over_loopback_with_a_slow_peer() {
     dir();
-    profiler::run("blocking_tcp", || {
+    threadprof::run("blocking_tcp", || {
         // read_to_end from a peer that trickles 5 x 10 KB.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -158,7 +158,7 @@ fn tcp_over_loopback_with_a_slow_peer() {
 #[test]
 fn a_tokio_runtime_driven_from_a_registered_thread() {
     dir();
-    profiler::spawn("tokio_driver", || {
+    threadprof::spawn("tokio_driver", || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -210,7 +210,7 @@ fn sleep_phase(d: Duration) {
 fn a_sleep_burn_split_lands_in_the_right_functions_and_states() {
     dir();
     // Ground truth: the wall time of each phase, measured inside the thread.
-    let (asleep, registered) = profiler::spawn("split_wall", || {
+    let (asleep, registered) = threadprof::spawn("split_wall", || {
         let (start, mut asleep) = (Instant::now(), Duration::ZERO);
         for _ in 0..6 {
             black_box(burn_phase(Duration::from_millis(50)));
@@ -222,7 +222,7 @@ fn a_sleep_burn_split_lands_in_the_right_functions_and_states() {
     })
     .join()
     .unwrap();
-    assert!(profiler::flush());
+    assert!(threadprof::flush());
     let p = read_profile(&dir().join("split_wall.pb.gz"));
     let (wall, cpu) = (
         p.sample_type_index("wall").unwrap(),
@@ -321,7 +321,7 @@ fn raw_nanosleep_phase(d: Duration) -> u32 {
 fn a_blocked_thread_is_sampled_without_being_woken_each_period() {
     dir();
     let blocked = Duration::from_secs(2);
-    let (interrupted, took) = profiler::spawn("idle_credit", move || {
+    let (interrupted, took) = threadprof::spawn("idle_credit", move || {
         let t = Instant::now();
         (raw_nanosleep_phase(blocked), t.elapsed())
     })
@@ -335,7 +335,7 @@ fn a_blocked_thread_is_sampled_without_being_woken_each_period() {
         (1..=20).contains(&interrupted),
         "interrupted {interrupted} times in {took:?}"
     );
-    assert!(profiler::flush());
+    assert!(threadprof::flush());
     let p = read_profile(&dir().join("idle_credit.pb.gz"));
     let wall = p.sample_type_index("wall").unwrap();
     let (mut total_wall, mut asleep_waiting) = (0i64, 0i64);

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use profiler_runtime::pprof::{decode_gz, Profile};
+use threadprof_runtime::pprof::{decode_gz, Profile};
 
 /// Name of the merged profile in a dump directory.
 pub const MERGED: &str = "_merged.pb.gz";
@@ -70,7 +70,7 @@ pub fn read_path(path: &Path) -> Result<Vec<Loaded>> {
     }
 }
 
-pub use profiler_runtime::flame::{stacks, Selection, Stacks};
+pub use threadprof_runtime::flame::{stacks, Selection, Stacks};
 
 /// A value for people: seconds for nanoseconds, else the number.
 pub fn human(v: i64, unit: &str) -> String {

@@ -1,4 +1,4 @@
-//! `profiler`: list, print, draw, diff and merge the dumps written by the `profiler` crate.
+//! `threadprof`: list, print, draw, diff and merge the dumps written by the `threadprof` crate.
 //!
 //! Reads standard gzipped pprof files, so it also works on other tools' profiles. Bad input
 //! gets one line on stderr and exit status 1; usage errors exit with status 2.
@@ -16,9 +16,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use load::{read, read_path, stacks, Selection};
 
-/// Read the per-thread profiles written by the `profiler` crate.
+/// Read the per-thread profiles written by the `threadprof` crate.
 #[derive(Parser)]
-#[command(name = "profiler", version, about)]
+#[command(name = "threadprof", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -193,7 +193,7 @@ fn run(cli: Cli) -> Result<()> {
             let profiles: Result<Vec<_>> =
                 inputs.iter().map(|p| read(p).map(|l| l.profile)).collect();
             let merged = merge::merge(&profiles?)?;
-            let bytes = profiler_runtime::pprof::encode_gz(&merged)?;
+            let bytes = threadprof_runtime::pprof::encode_gz(&merged)?;
             std::fs::write(&output, bytes)
                 .with_context(|| format!("cannot write {}", output.display()))?;
         }
@@ -206,13 +206,13 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // A closed pipe (`profiler top ... | head`) is not an error worth a message.
+            // A closed pipe (`threadprof top ... | head`) is not an error worth a message.
             if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("profiler: error: {e:#}");
+            eprintln!("threadprof: error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,7 @@
-//! `profiler merge`: several profiles into one, labels kept.
+//! `threadprof merge`: several profiles into one, labels kept.
 
 use anyhow::{bail, Result};
-use profiler_runtime::pprof::{FrameInfo, Mapping, Profile, ProfileBuilder};
+use threadprof_runtime::pprof::{FrameInfo, Mapping, Profile, ProfileBuilder};
 
 /// Merges profiles with the same sample types. Each input keeps its own mappings, so equal
 /// addresses from different processes are never confused.

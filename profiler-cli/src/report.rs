@@ -32,7 +32,7 @@ fn pct(v: i64, total: i64) -> f64 {
     }
 }
 
-/// `profiler top`: the functions with the most flat (or cum) value.
+/// `threadprof top`: the functions with the most flat (or cum) value.
 pub fn top(
     out: &mut dyn Write,
     title: &str,
@@ -76,17 +76,17 @@ pub fn top(
 }
 
 /// Collapsed stacks, `root;...;leaf VALUE` (time in µs).
-pub use profiler_runtime::flame::folded_lines;
+pub use threadprof_runtime::flame::folded_lines;
 
 /// An interactive SVG flame graph.
 pub fn flamegraph(out: &mut dyn Write, title: &str, stacks: &Stacks) -> Result<()> {
-    let svg = profiler_runtime::flame::flamegraph_svg(title, stacks)
+    let svg = threadprof_runtime::flame::flamegraph_svg(title, stacks)
         .context("cannot draw the flame graph")?;
     out.write_all(&svg)?;
     Ok(())
 }
 
-/// `profiler diff`: change in flat and cum share per function, largest first.
+/// `threadprof diff`: change in flat and cum share per function, largest first.
 pub fn diff(out: &mut dyn Write, base: &Stacks, new: &Stacks, n: usize) -> Result<()> {
     let (bt, nt) = (base.total(), new.total());
     let (b, nw) = (flat_cum(base), flat_cum(new));
@@ -123,7 +123,7 @@ pub fn diff(out: &mut dyn Write, base: &Stacks, new: &Stacks, n: usize) -> Resul
     Ok(())
 }
 
-/// `profiler ls`: one row per dump file.
+/// `threadprof ls`: one row per dump file.
 pub fn ls(out: &mut dyn Write, files: &[Loaded]) -> Result<()> {
     writeln!(
         out,

@@ -1,4 +1,4 @@
-//! The `profiler` command on dumps written by the real runtime, and on bad input.
+//! The `threadprof` command on dumps written by the real runtime, and on bad input.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -6,13 +6,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use profiler::pprof::{decode_gz, encode_gz, Profile, ProfileBuilder};
+use threadprof::pprof::{decode_gz, encode_gz, Profile, ProfileBuilder};
 
 fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_profiler"))
+    let out = Command::new(env!("CARGO_BIN_EXE_threadprof"))
         .args(args)
         .output()
-        .expect("run profiler");
+        .expect("run threadprof");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -48,20 +48,20 @@ fn burn(cpu: Duration, f: fn(u64) -> u64) {
 
 /// Dumps written by the real runtime: tags `left` and `right`.
 fn dumps() -> &'static Path {
-    static DIR: OnceLock<(tempfile::TempDir, profiler::Profiler)> = OnceLock::new();
+    static DIR: OnceLock<(tempfile::TempDir, threadprof::Profiler)> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let handle = profiler::Profiler::builder()
+        let handle = threadprof::Profiler::builder()
             .output_dir(dir.path())
             .dump_interval(Duration::from_secs(3600))
             .frequency(499)
             .start()
             .unwrap();
-        let l = profiler::spawn("left", || burn(Duration::from_millis(300), cli_left_work));
-        let r = profiler::spawn("right", || burn(Duration::from_millis(300), cli_right_work));
+        let l = threadprof::spawn("left", || burn(Duration::from_millis(300), cli_left_work));
+        let r = threadprof::spawn("right", || burn(Duration::from_millis(300), cli_right_work));
         l.join().unwrap();
         r.join().unwrap();
-        assert!(profiler::flush());
+        assert!(threadprof::flush());
         (dir, handle)
     })
     .0
@@ -246,7 +246,7 @@ fn bad_input_gets_one_clear_line() {
         assert!(!ok, "{path:?} succeeded: {out}");
         assert_eq!(err.lines().count(), 1, "{path:?}: {err}");
         assert!(
-            err.starts_with("profiler: error:") && err.contains(needle),
+            err.starts_with("threadprof: error:") && err.contains(needle),
             "{path:?}: {err}"
         );
         assert!(!err.contains("panicked"));
@@ -288,7 +288,7 @@ fn crc32(data: &[u8]) -> u32 {
 #[test]
 fn the_decoder_survives_truncation_and_corruption() {
     let good = std::fs::read(file("_merged")).unwrap();
-    let raw = profiler::pprof::encode_raw(&decode_gz(&good).unwrap());
+    let raw = threadprof::pprof::encode_raw(&decode_gz(&good).unwrap());
     for input in [&good, &raw] {
         for len in 0..input.len() {
             let _ = decode_gz(&input[..len]);
@@ -304,7 +304,7 @@ fn the_decoder_survives_truncation_and_corruption() {
                 bytes[at] ^= (state >> 40) as u8 | 1;
             }
             if let Ok(p) = decode_gz(&bytes) {
-                profiler::pprof::validate(&p).expect("decode_gz validates");
+                threadprof::pprof::validate(&p).expect("decode_gz validates");
             }
         }
     }

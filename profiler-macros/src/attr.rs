@@ -43,7 +43,7 @@ fn string_literal(arg: &Arg) -> syn::Result<LitStr> {
             other,
             format!(
                 "`{}` must be a string literal, e.g. `{} = \"ip_manager\"`; for a tag computed at \
-                 run time use `profiler::enter(&tag)` or `profiler::spawn(&tag, ..)`",
+                 run time use `threadprof::enter(&tag)` or `threadprof::spawn(&tag, ..)`",
                 arg.key, arg.key
             ),
         )),

@@ -53,7 +53,7 @@ pub(crate) fn profiled_thread(args: TokenStream, item: TokenStream) -> TokenStre
 fn expand(mut func: ItemFn, checked: valid::Checked) -> TokenStream {
     let valid::Checked { tag, krate } = checked;
     // Mixed-site hygiene: the guard's name cannot clash with the user's identifiers.
-    let guard = syn::Ident::new("__profiler_thread_guard", Span::mixed_site());
+    let guard = syn::Ident::new("__threadprof_thread_guard", Span::mixed_site());
     let stmt: syn::Stmt = syn::parse_quote! {
         let #guard = #krate::__private::enter(#tag);
     };
@@ -81,7 +81,7 @@ mod tests {
         let guard = out.block.stmts[0].clone();
         let guard = quote!(#guard).to_string();
         assert!(
-            guard.contains(":: profiler :: __private :: enter (\"ip_manager\")"),
+            guard.contains(":: threadprof :: __private :: enter (\"ip_manager\")"),
             "{guard}"
         );
     }

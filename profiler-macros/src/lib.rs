@@ -1,6 +1,6 @@
-//! The `#[profiled_thread]` attribute of the [`profiler`](https://docs.rs/profiler) crate.
+//! The `#[profiled_thread]` attribute of the [`threadprof`](https://docs.rs/threadprof) crate.
 //!
-//! Use it through `profiler::profiled_thread`; see that crate for documentation. The work is
+//! Use it through `threadprof::profiled_thread`; see that crate for documentation. The work is
 //! split by job: `attr.rs` parses the arguments, `valid.rs` checks them against the function,
 //! `expand.rs` writes the guard. With the `enabled` feature off the input is returned untouched
 //! and none of that (nor syn) is compiled.

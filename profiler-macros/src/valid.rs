@@ -50,7 +50,7 @@ pub(crate) fn check(args: Args, func: &ItemFn) -> syn::Result<Checked> {
         errors.push(Error::new_spanned(
             a,
             "#[profiled_thread] does not support `async fn` yet: a future can move between threads; \
-             inside the function, hold `let _guard = profiler::enter(\"tag\");` only across code that stays on one thread",
+             inside the function, hold `let _guard = threadprof::enter(\"tag\");` only across code that stays on one thread",
         ));
     }
     let tag = match args.tag {
@@ -81,13 +81,13 @@ pub(crate) fn check(args: Args, func: &ItemFn) -> syn::Result<Checked> {
             Err(_) => {
                 errors.push(Error::new_spanned(
                     &lit,
-                    "`crate` must be a path to the profiler crate, e.g. `crate = \"my_profiler\"`",
+                    "`crate` must be a path to the threadprof crate, e.g. `crate = \"my_profiler\"`",
                 ));
-                syn::parse_quote!(::profiler)
+                syn::parse_quote!(::threadprof)
             }
         },
         None => {
-            syn::Path::from(syn::Ident::new("profiler", Span::call_site())).with_leading_colon()
+            syn::Path::from(syn::Ident::new("threadprof", Span::call_site())).with_leading_colon()
         }
     };
     match errors.into_iter().reduce(|mut a, b| {

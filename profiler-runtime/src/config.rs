@@ -1,4 +1,4 @@
-//! Run-time configuration: defaults, builder values, and `PROFILER_*` environment overrides.
+//! Run-time configuration: defaults, builder values, and `THREADPROF_*` environment overrides.
 //!
 //! Precedence is defaults < builder < environment, so an operator can change behaviour without
 //! a rebuild. A bad value never panics: it is reported with a warning naming the source and
@@ -19,6 +19,32 @@ pub const DEFAULT_FREQUENCY: u32 = 99;
 pub const MAX_FREQUENCY: u32 = 1000;
 /// Longest accepted dump interval (one day).
 pub const MAX_DUMP_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// Every environment variable the runtime reads.
+pub const ENV_VARS: &[&str] = &[
+    "THREADPROF_ENABLED",
+    "THREADPROF_DIR",
+    "THREADPROF_DUMP_INTERVAL",
+    "THREADPROF_FREQUENCY",
+    "THREADPROF_WALL_FREQUENCY",
+    "THREADPROF_HTTP_ADDR",
+    "THREADPROF_HTTP_TOKEN",
+];
+
+/// The prefix the variables had before the crate was named `threadprof`. Such a variable is
+/// not read; when one is set, a warning names its new name.
+const OLD_PREFIX: &str = "PROFILER_";
+
+/// `(old name, new name)` for each variable set under its pre-rename name.
+fn renamed_variables(env: &impl Fn(&str) -> Option<String>) -> Vec<(String, &'static str)> {
+    ENV_VARS
+        .iter()
+        .filter_map(|new| {
+            let old = format!("{OLD_PREFIX}{}", new.strip_prefix("THREADPROF_")?);
+            env(&old).map(|_| (old, *new))
+        })
+        .collect()
+}
 
 /// The resolved configuration of a runtime.
 #[derive(Clone, Debug, PartialEq)]
@@ -148,6 +174,12 @@ fn parse_hz(source: Source, s: &str, default: u32, zero_ok: bool) -> u32 {
 impl Config {
     /// Resolves builder values and the environment (read through `env`) into a configuration.
     pub(crate) fn resolve(req: &Requested, env: impl Fn(&str) -> Option<String>) -> Config {
+        for (old, new) in renamed_variables(&env) {
+            warn(
+                &format!("renamed-env:{old}"),
+                &format!("{old} is set but no longer read; the variable is now named {new}"),
+            );
+        }
         let mut c = Config::default();
         if let Some(e) = req.enabled {
             c.enabled = e;
@@ -174,39 +206,42 @@ impl Config {
         c.http_addr = req.http_addr.clone();
         c.http_token = req.http_token.clone();
 
-        if let Some(v) = env("PROFILER_ENABLED") {
-            let src = Source::Env("PROFILER_ENABLED");
+        if let Some(v) = env("THREADPROF_ENABLED") {
+            let src = Source::Env("THREADPROF_ENABLED");
             c.enabled = parse_bool(&v).unwrap_or_else(|| {
                 fallback(src, &v, "expected 1/0, true/false, yes/no, on/off", true)
             });
         }
-        if let Some(v) = env("PROFILER_DIR") {
+        if let Some(v) = env("THREADPROF_DIR") {
             if v.trim().is_empty() {
-                let src = Source::Env("PROFILER_DIR");
+                let src = Source::Env("THREADPROF_DIR");
                 c.output_dir = fallback(src, &v, "empty path", PathBuf::from(DEFAULT_DIR));
             } else {
                 c.output_dir = PathBuf::from(v);
             }
         }
-        if let Some(v) = env("PROFILER_DUMP_INTERVAL") {
-            c.dump_interval =
-                check_interval(Source::Env("PROFILER_DUMP_INTERVAL"), &v, parse_seconds(&v));
+        if let Some(v) = env("THREADPROF_DUMP_INTERVAL") {
+            c.dump_interval = check_interval(
+                Source::Env("THREADPROF_DUMP_INTERVAL"),
+                &v,
+                parse_seconds(&v),
+            );
         }
-        if let Some(v) = env("PROFILER_FREQUENCY") {
+        if let Some(v) = env("THREADPROF_FREQUENCY") {
             c.frequency = parse_hz(
-                Source::Env("PROFILER_FREQUENCY"),
+                Source::Env("THREADPROF_FREQUENCY"),
                 &v,
                 DEFAULT_FREQUENCY,
                 false,
             );
         }
-        if let Some(v) = env("PROFILER_WALL_FREQUENCY") {
-            c.wall_frequency = parse_hz(Source::Env("PROFILER_WALL_FREQUENCY"), &v, 0, true);
+        if let Some(v) = env("THREADPROF_WALL_FREQUENCY") {
+            c.wall_frequency = parse_hz(Source::Env("THREADPROF_WALL_FREQUENCY"), &v, 0, true);
         }
-        if let Some(v) = env("PROFILER_HTTP_ADDR") {
+        if let Some(v) = env("THREADPROF_HTTP_ADDR") {
             c.http_addr = Some(v).filter(|a| !a.trim().is_empty());
         }
-        if let Some(v) = env("PROFILER_HTTP_TOKEN") {
+        if let Some(v) = env("THREADPROF_HTTP_TOKEN") {
             c.http_token = Some(v).filter(|t| !t.is_empty());
         }
         c
@@ -232,13 +267,37 @@ mod tests {
     }
 
     #[test]
+    fn old_variable_names_are_named_and_not_read() {
+        let env = |k: &str| {
+            ["PROFILER_DIR", "PROFILER_FREQUENCY", "PROFILER_HTTP_TOKEN"]
+                .contains(&k)
+                .then(|| "7".to_string())
+        };
+        let renamed = renamed_variables(&env);
+        let news: Vec<&str> = renamed.iter().map(|(_, n)| *n).collect();
+        assert_eq!(
+            news,
+            [
+                "THREADPROF_DIR",
+                "THREADPROF_FREQUENCY",
+                "THREADPROF_HTTP_TOKEN"
+            ]
+        );
+        assert_eq!(renamed[0].0, "PROFILER_DIR");
+        let c = Config::resolve(&Requested::default(), env);
+        assert_eq!(c, Config::default(), "old names must not be read");
+    }
+
+    #[test]
     fn environment_overrides_builder() {
         let req = Requested {
             frequency: Some(500),
             output_dir: Some("/builder".into()),
             ..Requested::default()
         };
-        let c = Config::resolve(&req, |k| (k == "PROFILER_DIR").then(|| "/env".to_string()));
+        let c = Config::resolve(&req, |k| {
+            (k == "THREADPROF_DIR").then(|| "/env".to_string())
+        });
         assert_eq!(c.output_dir, PathBuf::from("/env"));
         assert_eq!(c.frequency, 500);
     }
@@ -247,22 +306,22 @@ mod tests {
     fn bad_values_fall_back_to_defaults() {
         for bad in ["0", "-5", "abc", "1001", "", "99.5"] {
             assert_eq!(
-                with_env(&[("PROFILER_FREQUENCY", bad)]).frequency,
+                with_env(&[("THREADPROF_FREQUENCY", bad)]).frequency,
                 DEFAULT_FREQUENCY,
                 "{bad}"
             );
         }
         for bad in ["0", "-1", "x", "NaN", "1e9", ""] {
-            let c = with_env(&[("PROFILER_DUMP_INTERVAL", bad)]);
+            let c = with_env(&[("THREADPROF_DUMP_INTERVAL", bad)]);
             assert_eq!(c.dump_interval, DEFAULT_DUMP_INTERVAL, "{bad}");
         }
-        assert!(with_env(&[("PROFILER_ENABLED", "maybe")]).enabled);
+        assert!(with_env(&[("THREADPROF_ENABLED", "maybe")]).enabled);
         assert_eq!(
-            with_env(&[("PROFILER_DIR", " ")]).output_dir,
+            with_env(&[("THREADPROF_DIR", " ")]).output_dir,
             PathBuf::from(DEFAULT_DIR)
         );
         assert_eq!(
-            with_env(&[("PROFILER_WALL_FREQUENCY", "2000")]).wall_frequency,
+            with_env(&[("THREADPROF_WALL_FREQUENCY", "2000")]).wall_frequency,
             0
         );
     }
@@ -270,10 +329,10 @@ mod tests {
     #[test]
     fn good_values_are_taken() {
         let c = with_env(&[
-            ("PROFILER_ENABLED", "off"),
-            ("PROFILER_DUMP_INTERVAL", "0.25"),
-            ("PROFILER_FREQUENCY", "1000"),
-            ("PROFILER_WALL_FREQUENCY", "0"),
+            ("THREADPROF_ENABLED", "off"),
+            ("THREADPROF_DUMP_INTERVAL", "0.25"),
+            ("THREADPROF_FREQUENCY", "1000"),
+            ("THREADPROF_WALL_FREQUENCY", "0"),
         ]);
         assert!(!c.enabled);
         assert_eq!(c.dump_interval, Duration::from_millis(250));

@@ -33,7 +33,7 @@ pub(crate) fn report(level: Level, key: &str, message: &str) {
         .get_or_insert_with(HashSet::new)
         .insert(key.to_owned())
     {
-        eprintln!("profiler: {}: {message}", level.as_str().to_lowercase());
+        eprintln!("threadprof: {}: {message}", level.as_str().to_lowercase());
     }
 }
 

@@ -26,7 +26,7 @@ use crate::symbolize::Symbolizer;
 /// Name of the profile of all tags together.
 pub const MERGED_FILE: &str = "_merged.pb.gz";
 
-/// How the dumps went, readable from any thread (`profiler::stats`).
+/// How the dumps went, readable from any thread (`threadprof::stats`).
 #[derive(Default)]
 pub(crate) struct DumpCounters {
     /// Dumps that wrote every file.
@@ -105,7 +105,7 @@ impl DumpLoop {
             next_window: 1,
         };
         let thread = std::thread::Builder::new()
-            .name("profiler-dump".into())
+            .name("threadprof-dump".into())
             .spawn(move || state.run(rx))?;
         Ok(DumpLoop {
             commands: tx,
@@ -240,7 +240,7 @@ impl DumpState {
     }
 
     fn tick(&mut self, write: bool) {
-        #[cfg(profiler_sampling)]
+        #[cfg(threadprof_sampling)]
         crate::unwind::refresh();
         if self.rt.sampling && !self.handler_lost_reported && !crate::sampler::still_installed() {
             self.handler_lost_reported = true;

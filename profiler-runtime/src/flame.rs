@@ -1,6 +1,6 @@
 //! Stacks of a profile as function names, collapsed (`a;b;c N`) and drawn as flame graphs.
 //!
-//! Shared by the `profiler` CLI and the HTTP endpoint; built with the `flame` feature.
+//! Shared by the `threadprof` CLI and the HTTP endpoint; built with the `flame` feature.
 
 use std::collections::BTreeMap;
 

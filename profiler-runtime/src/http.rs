@@ -48,7 +48,7 @@ struct Shared {
     windows: AtomicUsize,
 }
 
-/// Binds `addr` and serves from a thread named `profiler-http`. A bind failure is logged; the
+/// Binds `addr` and serves from a thread named `threadprof-http`. A bind failure is logged; the
 /// profiler goes on without the endpoint.
 pub(crate) fn serve(rt: &'static Runtime, addr: &str, commands: Sender<Command>) {
     let listener = match TcpListener::bind(addr) {
@@ -73,7 +73,7 @@ pub(crate) fn serve(rt: &'static Runtime, addr: &str, commands: Sender<Command>)
             "http-open",
             &format!(
                 "profiles are served on {addr}, which is not a loopback address, without a token; \
-                 anyone who can reach it can read them (set PROFILER_HTTP_TOKEN)"
+                 anyone who can reach it can read them (set THREADPROF_HTTP_TOKEN)"
             ),
         );
     }
@@ -85,7 +85,7 @@ pub(crate) fn serve(rt: &'static Runtime, addr: &str, commands: Sender<Command>)
         windows: AtomicUsize::new(0),
     });
     let spawned = std::thread::Builder::new()
-        .name("profiler-http".into())
+        .name("threadprof-http".into())
         .spawn(move || accept_loop(listener, shared));
     match spawned {
         Ok(_) => log::info!(
@@ -124,7 +124,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         let conn_shared = shared.clone();
         let spawned = std::thread::Builder::new()
-            .name("profiler-http-conn".into())
+            .name("threadprof-http-conn".into())
             .spawn(move || {
                 let mut stream = stream;
                 if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -402,8 +402,8 @@ fn index(stream: &mut TcpStream, shared: &Shared) {
     let counts = ask(shared, Command::Counts, ANSWER_TIMEOUT).unwrap_or_default();
     let live = shared.rt.registry.live_threads();
     let mut html = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>profiler</title></head><body>\
-         <h1>profiler</h1><p><a href=\"/debug/pprof/profile?seconds=30\">CPU profile, next 30 s (all tags)</a> · \
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>threadprof</title></head><body>\
+         <h1>threadprof</h1><p><a href=\"/debug/pprof/profile?seconds=30\">CPU profile, next 30 s (all tags)</a> · \
          <a href=\"/debug/pprof/flamegraph?seconds=10\">flame graph, next 10 s</a> · \
          <a href=\"/profiles/_merged.pb.gz\">cumulative, all tags</a></p>\
          <table border=\"1\" cellpadding=\"4\"><tr><th>tag</th><th>samples so far</th><th>live threads</th><th>links</th></tr>",

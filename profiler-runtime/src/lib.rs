@@ -1,17 +1,17 @@
-//! Runtime of the [`profiler`](https://docs.rs/profiler) crate: a per-thread sampling profiler
+//! Runtime of the [`threadprof`](https://docs.rs/threadprof) crate: a per-thread sampling profiler
 //! that writes one gzipped pprof profile per thread tag.
 //!
-//! Most users depend on the `profiler` facade and never name this crate. With the `enabled`
+//! Most users depend on the `threadprof` facade and never name this crate. With the `enabled`
 //! feature it holds the registry, the signal-driven sampler, aggregation, symbolization and the
-//! dump loop; without it, only the [`pprof`] types and codec (used by the `profiler` CLI).
+//! dump loop; without it, only the [`pprof`] types and codec (used by the `threadprof` CLI).
 //!
 //! ```no_run
 //! # #[cfg(feature = "enabled")] {
-//! let _profiler = profiler_runtime::Profiler::builder()
+//! let _profiler = threadprof_runtime::Profiler::builder()
 //!     .output_dir("/tmp/profiles")
 //!     .start()
-//!     .expect("profiler");
-//! let worker = profiler_runtime::spawn("worker", || (0..10_000_000u64).sum::<u64>());
+//!     .expect("threadprof");
+//! let worker = threadprof_runtime::spawn("worker", || (0..10_000_000u64).sum::<u64>());
 //! worker.join().unwrap();
 //! # }
 //! ```
@@ -23,7 +23,8 @@
 //! `aggregate.rs`, resolves names with `symbolize.rs` and writes files; `runtime.rs` starts and
 //! stops it all.
 
-#![cfg_attr(not(profiler_sampling), allow(dead_code))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(not(threadprof_sampling), allow(dead_code))]
 
 pub mod pprof;
 
@@ -40,7 +41,7 @@ pub mod config;
 mod diagnostics;
 #[cfg(feature = "enabled")]
 mod dump;
-#[cfg(profiler_sampling)]
+#[cfg(threadprof_sampling)]
 mod handler;
 #[cfg(feature = "http")]
 mod http;
@@ -60,7 +61,7 @@ mod slot;
 mod symbolize;
 #[cfg(feature = "enabled")]
 pub mod tag;
-#[cfg(profiler_sampling)]
+#[cfg(threadprof_sampling)]
 mod unwind;
 
 #[cfg(feature = "enabled")]

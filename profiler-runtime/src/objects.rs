@@ -32,7 +32,7 @@ pub struct Generation {
     subs: u64,
 }
 
-#[cfg(profiler_sampling)]
+#[cfg(threadprof_sampling)]
 mod imp {
     use super::*;
     use libc::{c_int, c_void, dl_phdr_info, size_t, Elf64_Phdr};
@@ -250,7 +250,7 @@ mod imp {
     }
 }
 
-#[cfg(not(profiler_sampling))]
+#[cfg(not(threadprof_sampling))]
 mod imp {
     use super::*;
     pub fn loaded_objects(_with_unwind_data: bool) -> (Vec<LoadedObject>, Generation) {
@@ -271,7 +271,7 @@ pub fn generation() -> Generation {
     imp::generation()
 }
 
-#[cfg(all(test, profiler_sampling))]
+#[cfg(all(test, threadprof_sampling))]
 mod tests {
     use super::*;
 

@@ -2,10 +2,10 @@
 //!
 //! The messages follow `profile.proto` from github.com/google/pprof field for field, derived
 //! with prost (no protoc needed). This module is compiled with or without the sampler, so the
-//! `profiler` command-line tool can read dumps without linking the runtime.
+//! `threadprof` command-line tool can read dumps without linking the runtime.
 //!
 //! ```
-//! use profiler_runtime::pprof::{ProfileBuilder, decode_gz, encode_gz};
+//! use threadprof_runtime::pprof::{ProfileBuilder, decode_gz, encode_gz};
 //!
 //! let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")], 1);
 //! let leaf = b.location_for_function("my_crate::hot", 0x1000);

@@ -1,6 +1,6 @@
 //! The registry of profiled threads: who is registered under which tag, and their timers.
 //!
-//! A thread registers with [`Registry::enter`] (through `profiler::enter`, `run`, `spawn` or the
+//! A thread registers with [`Registry::enter`] (through `threadprof::enter`, `run`, `spawn` or the
 //! attribute). Its first registration allocates its [`ThreadSlot`], publishes it to the signal
 //! handler and starts its timers; nested registrations only switch the tag in force. When the
 //! last guard of the thread drops (return or panic), the timers are deleted, the slot is
@@ -40,7 +40,7 @@ struct LiveThread {
     since: SystemTime,
 }
 
-/// A registered thread, as reported by `profiler::live_threads`.
+/// A registered thread, as reported by `threadprof::live_threads`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadInfo {
     /// Tag in force (the innermost one for nested registrations).
@@ -101,7 +101,7 @@ thread_local! {
 
 /// Keeps the current thread registered under a tag; dropping it ends that registration.
 ///
-/// Returned by `profiler::enter`. Nested guards on one thread stack: the innermost tag is in
+/// Returned by `threadprof::enter`. Nested guards on one thread stack: the innermost tag is in
 /// force, and the outer one is restored when it drops. The guard is `!Send`: it belongs to
 /// the thread that created it.
 #[must_use = "the thread is unregistered as soon as the guard is dropped"]

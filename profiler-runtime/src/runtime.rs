@@ -57,7 +57,7 @@ pub enum StartError {
     Thread(#[source] std::io::Error),
 }
 
-/// Configures and starts the profiler runtime. Environment variables (`PROFILER_*`) override
+/// Configures and starts the profiler runtime. Environment variables (`THREADPROF_*`) override
 /// what is set here.
 #[derive(Debug, Default, Clone)]
 #[must_use = "call .start() to start the profiler"]
@@ -158,7 +158,7 @@ extern "C" fn at_exit() {
 /// Starts with `config`; the caller holds START_LOCK and saw NOT_STARTED.
 fn start_locked(config: Config) -> Result<(), StartError> {
     if !config.enabled {
-        log::debug!("profiler disabled by configuration");
+        log::debug!("threadprof disabled by configuration");
         PHASE.store(DISABLED, Ordering::Release);
         return Ok(());
     }
@@ -170,7 +170,7 @@ fn start_locked(config: Config) -> Result<(), StartError> {
         }
         Err(e) => return Err(e.into()),
     };
-    #[cfg(profiler_sampling)]
+    #[cfg(threadprof_sampling)]
     crate::unwind::refresh();
     let rt = Runtime {
         registry: Registry::new(&config, sampling),
@@ -195,7 +195,7 @@ fn start_locked(config: Config) -> Result<(), StartError> {
         #[cfg(not(feature = "http"))]
         warn(
             "http-feature",
-            &format!("an HTTP address ({addr}) is configured, but profiler was built without the `http` feature; no server started"),
+            &format!("an HTTP address ({addr}) is configured, but threadprof was built without the `http` feature; no server started"),
         );
     }
     *rt.dump.lock().unwrap_or_else(|e| e.into_inner()) = Some(dump);
@@ -205,7 +205,7 @@ fn start_locked(config: Config) -> Result<(), StartError> {
         unsafe { libc::atexit(at_exit) };
     }
     log::debug!(
-        "profiler started: dir {}, every {:?}, {} Hz CPU, {} Hz wall",
+        "threadprof started: dir {}, every {:?}, {} Hz CPU, {} Hz wall",
         rt.config.output_dir.display(),
         rt.config.dump_interval,
         rt.config.frequency,
@@ -238,7 +238,7 @@ fn active() -> Option<&'static Runtime> {
 
 /// Registers the current thread under `tag` until the returned guard drops.
 ///
-/// Starts the runtime from defaults and `PROFILER_*` variables if nothing started it yet. Tags
+/// Starts the runtime from defaults and `THREADPROF_*` variables if nothing started it yet. Tags
 /// that are not safe file names are sanitised with a warning (see [`crate::tag`]). When
 /// profiling is disabled or stopped this costs one atomic load and returns an inert guard.
 pub fn enter(tag: &str) -> ThreadGuard {
@@ -274,7 +274,7 @@ pub fn shutdown() {
     if let Some(d) = dump {
         d.stop(FINAL_DUMP_TIMEOUT);
     }
-    log::debug!("profiler stopped");
+    log::debug!("threadprof stopped");
 }
 
 /// The threads registered now.

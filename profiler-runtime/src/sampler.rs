@@ -32,7 +32,7 @@ pub enum SignalError {
     Unsupported,
 }
 
-#[cfg(profiler_sampling)]
+#[cfg(threadprof_sampling)]
 mod imp {
     use super::SignalError;
     use crate::handler::{on_sigprof, TIMER_CPU};
@@ -307,7 +307,7 @@ mod imp {
             if !m.started {
                 let shared = self.shared.clone();
                 std::thread::Builder::new()
-                    .name("profiler-wall".into())
+                    .name("threadprof-wall".into())
                     .spawn(move || run(&shared))?;
                 m.started = true;
             }
@@ -415,7 +415,7 @@ mod imp {
     }
 }
 
-#[cfg(not(profiler_sampling))]
+#[cfg(not(threadprof_sampling))]
 mod imp {
     use super::SignalError;
 

@@ -24,7 +24,7 @@ thread_local! {
 
 /// State only the handler of the owning thread uses.
 pub(crate) struct HandlerState {
-    #[cfg(profiler_sampling)]
+    #[cfg(threadprof_sampling)]
     pub unwind_cache: Box<crate::unwind::Cache>,
     /// The thread's CPU time at its previous wall sample, in ns (for the `state` label).
     pub last_wall_cpu_ns: u64,
@@ -72,7 +72,7 @@ impl ThreadSlot {
             wall_due: AtomicU64::new(0),
             idle: IdleCredit::default(),
             handler: UnsafeCell::new(HandlerState {
-                #[cfg(profiler_sampling)]
+                #[cfg(threadprof_sampling)]
                 unwind_cache: Box::default(),
                 last_wall_cpu_ns: thread_cpu_ns,
                 last_wall_blocked: false,

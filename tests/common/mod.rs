@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use profiler::pprof::Profile;
+use threadprof::pprof::Profile;
 
 /// Defines `fn $name(n: u64) -> u64`, a distinct, never-inlined busy loop whose name a test
 /// can look for in a profile.
@@ -54,7 +54,7 @@ pub fn gettid() -> i64 {
 /// Reads and decodes a dump file.
 pub fn read_profile(path: &Path) -> Profile {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    profiler::pprof::decode_gz(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    threadprof::pprof::decode_gz(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// CPU nanoseconds per leaf-most function whose name contains `filter`.

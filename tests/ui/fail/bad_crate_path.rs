@@ -1,4 +1,4 @@
-#[profiler::profiled_thread(tag = "x", crate = "not a path")]
+#[threadprof::profiled_thread(tag = "x", crate = "not a path")]
 fn f() {}
 
 fn main() {}

@@ -1,4 +1,4 @@
-#[profiler::profiled_thread]
+#[threadprof::profiled_thread]
 fn _private_loop() {}
 
 fn main() {}

@@ -1,4 +1,4 @@
-#[profiler::profiled_thread(tag = "")]
+#[threadprof::profiled_thread(tag = "")]
 fn f() {}
 
 fn main() {}

@@ -1,4 +1,4 @@
-#[profiler::profiled_thread(tag = "x")]
+#[threadprof::profiled_thread(tag = "x")]
 struct NotAFunction;
 
 fn main() {}

@@ -1,4 +1,4 @@
-#[profiler::profiled_thread(tag = "x", tag = "y")]
+#[threadprof::profiled_thread(tag = "x", tag = "y")]
 fn f() {}
 
 fn main() {}

@@ -1,6 +1,6 @@
 const TAG: &str = "x";
 
-#[profiler::profiled_thread(tag = TAG)]
+#[threadprof::profiled_thread(tag = TAG)]
 fn f() {}
 
 fn main() {}

@@ -1,5 +1,5 @@
 trait Service {
-    #[profiler::profiled_thread(tag = "x")]
+    #[threadprof::profiled_thread(tag = "x")]
     fn run(&self);
 }
 

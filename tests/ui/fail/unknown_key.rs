@@ -1,4 +1,4 @@
-#[profiler::profiled_thread(tag = "x", interval = "5")]
+#[threadprof::profiled_thread(tag = "x", interval = "5")]
 fn f() {}
 
 fn main() {}

@@ -1,4 +1,4 @@
-#[profiler::profiled_thread(tag = "../etc/passwd")]
+#[threadprof::profiled_thread(tag = "../etc/passwd")]
 fn f() {}
 
 fn main() {}

@@ -1,13 +1,13 @@
 //! Function shapes the attribute must leave working: generics, where-clauses, `self`,
 //! `impl Trait` returns, `?`, early `return`, labelled breaks, attributes, default tags.
-use profiler::profiled_thread;
+use threadprof::profiled_thread;
 
 #[profiled_thread]
 fn default_tag() -> u32 {
     7
 }
 
-#[profiled_thread(tag = "generic", crate = "::profiler")]
+#[profiled_thread(tag = "generic", crate = "::threadprof")]
 pub(crate) fn generic<T, U>(items: &[T], f: impl Fn(&T) -> U) -> Vec<U>
 where
     T: Clone,
@@ -71,6 +71,6 @@ fn main() {
     let b = 9u8;
     // SAFETY: &b is valid.
     assert_eq!(unsafe { raw(&b) }, 9);
-    let __profiler_thread_guard = 1; // the generated guard's name does not clash
-    assert_eq!(__profiler_thread_guard, 1);
+    let __threadprof_thread_guard = 1; // the generated guard's name does not clash
+    assert_eq!(__threadprof_thread_guard, 1);
 }
