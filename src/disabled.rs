@@ -185,6 +185,8 @@ pub struct Stats {
     pub samples: u64,
     /// Timer periods lost because a buffer was full.
     pub dropped: u64,
+    /// Samples whose stack was cut short for safety.
+    pub cut_short: u64,
     /// Threads registered now.
     pub live_threads: usize,
     /// Dumps that wrote every file.

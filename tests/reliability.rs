@@ -1163,3 +1163,546 @@ fn another_sigprof_profiler_is_detected_either_way() {
         );
     }
 }
+
+// ------------------------------------------------------------------ 11. exec, foreign stacks,
+// the handler's own stack (hardening round 2)
+
+busy_fn!(exec_busy_work, 12u64);
+busy_fn!(exec_caller_work, 13u64);
+
+/// Child: two busy registered threads under 999 Hz CPU and wall sampling; then a thread
+/// (registered or not, `EXEC_FROM`) burns `EXEC_DELAY_US` of CPU and execs `/bin/true`. A
+/// signal left pending across `execve` kills the new program (SIGPROF's default action).
+#[test]
+fn child_exec() {
+    if !is_child("exec") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let registered = std::env::var("EXEC_FROM").as_deref() == Ok("registered");
+    let delay = Duration::from_micros(env_or("EXEC_DELAY_US", 10_000));
+    let _p = start_profiler(&root(), Duration::from_secs(3600), 999, 999);
+    let stop = Arc::new(AtomicBool::new(false));
+    let _busy: Vec<_> = (0..2)
+        .map(|_| spawn_busy("exec_busy", exec_busy_work, 20_000, Duration::ZERO, &stop))
+        .collect();
+    let go = move || {
+        burn_for(delay, exec_caller_work);
+        let err = Command::new("/bin/true").exec();
+        panic!("exec failed: {err}");
+    };
+    let caller = if registered {
+        threadprof::spawn("exec_caller", go)
+    } else {
+        std::thread::spawn(go)
+    };
+    let _ = caller.join();
+}
+
+#[test]
+fn exec_under_999hz_cpu_and_wall_sampling_never_kills_the_new_program() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::atomic::AtomicUsize;
+    let runs: usize = env_or("THREADPROF_EXEC_RUNS", 300);
+    let dir = tempfile::tempdir().unwrap();
+    for from in ["registered", "unregistered"] {
+        let next = AtomicUsize::new(0);
+        let failures = Mutex::new(Vec::new());
+        // Two at a time: one per core.
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= runs {
+                        break;
+                    }
+                    // Exec at a different point of the sampling period each run: 2–22 ms.
+                    let delay = (2_000 + (i * 7_919) % 20_000).to_string();
+                    let out = run_child_unchecked(
+                        "exec",
+                        dir.path(),
+                        &[("EXEC_FROM", from), ("EXEC_DELAY_US", &delay)],
+                        Duration::from_secs(60),
+                    );
+                    if !out.status.success() {
+                        failures.lock().unwrap().push((
+                            out.status.code(),
+                            out.status.signal(),
+                            String::from_utf8_lossy(&out.stderr).into_owned(),
+                        ));
+                    }
+                });
+            }
+        });
+        let failures = failures.into_inner().unwrap();
+        println!(
+            "EXEC from={from} runs={runs} failed={} (SIGPROF: {})",
+            failures.len(),
+            failures
+                .iter()
+                .filter(|f| f.1 == Some(libc::SIGPROF))
+                .count()
+        );
+        assert!(
+            failures.is_empty(),
+            "exec from a {from} thread: {} of {runs} new programs failed, first: {:?}",
+            failures.len(),
+            failures.first()
+        );
+    }
+}
+
+/// The calling thread's stack, `(lowest, highest)` address.
+fn stack_bounds() -> (usize, usize) {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+    // SAFETY: pthread_getattr_np initialises `attr` on success; destroyed after use.
+    unsafe {
+        assert_eq!(
+            libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()),
+            0
+        );
+        let (mut addr, mut size) = (std::ptr::null_mut(), 0usize);
+        assert_eq!(
+            libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size),
+            0
+        );
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        (addr as usize, addr as usize + size)
+    }
+}
+
+/// Recurses until at most `left` bytes of this thread's stack remain below the frame, then
+/// runs `at_bottom` there; returns the bytes that remained.
+#[inline(never)]
+fn descend(lo: usize, left: usize, at_bottom: &mut dyn FnMut()) -> usize {
+    let pad = black_box([0u8; 256]);
+    let here = black_box(&pad) as *const _ as usize;
+    let remaining = here.saturating_sub(lo);
+    let r = if remaining <= left + 512 {
+        at_bottom();
+        remaining
+    } else {
+        descend(lo, left, at_bottom)
+    };
+    black_box(&pad);
+    r
+}
+
+/// Child: a registered thread with a 64 KiB stack recurses until `STACK_LEFT` bytes are left,
+/// then burns 2 s of CPU there under 999 Hz CPU and wall sampling. Before the handler had its
+/// own stack, one sample needed 16–20 KiB of the interrupted stack and this aborted ("has
+/// overflowed its stack") with less than that left.
+#[test]
+fn child_small_stack() {
+    if !is_child("small_stack") {
+        return;
+    }
+    let left: usize = env_or("STACK_LEFT", 4096);
+    let _p = start_profiler(&root(), Duration::from_secs(3600), 999, 999);
+    let t = std::thread::Builder::new()
+        .name("small_stack".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _g = threadprof::enter("small_stack");
+            let painted = threadprof_runtime::__signal_stack_use(true);
+            let (lo, _) = stack_bounds();
+            let start = Instant::now();
+            let mut spins = 0u64;
+            let remaining = descend(lo, left, &mut || {
+                // A tight loop in this frame: no deeper calls while it runs.
+                while start.elapsed() < Duration::from_secs(2) {
+                    for i in 0..20_000u64 {
+                        spins = black_box(spins.wrapping_add(i));
+                    }
+                }
+            });
+            let deepest = threadprof_runtime::__signal_stack_use(false);
+            (remaining, painted, deepest)
+        })
+        .unwrap();
+    let (remaining, painted, deepest) = t.join().unwrap();
+    let stats = threadprof::stats();
+    println!(
+        "SMALL_STACK left={remaining} samples={} handler_stack_deepest={deepest:?} painted={painted:?}",
+        stats.samples
+    );
+    assert!(stats.samples > 500, "sampled at the bottom: {stats:?}");
+    if let Some(d) = deepest {
+        assert!(d < threadprof_runtime_stack_bytes(), "handler stack {d}");
+    }
+    println!("CHILD OK");
+}
+
+/// The size of the handler's stack (`altstack::STACK_BYTES`, 128 KiB).
+fn threadprof_runtime_stack_bytes() -> usize {
+    128 * 1024
+}
+
+#[test]
+fn a_thread_with_4_kib_of_stack_left_survives_999hz_cpu_and_wall_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(
+        "small_stack",
+        dir.path(),
+        &[("STACK_LEFT", "4096")],
+        Duration::from_secs(60),
+    );
+    print_lines(&out, "SMALL_STACK");
+}
+
+busy_fn!(host_interrupted_work, 14u64);
+busy_fn!(host_handler_work, 15u64);
+busy_fn!(stacker_leaf_work, 16u64);
+
+/// How long each foreign-stack scenario runs under 999 Hz sampling.
+fn foreign_secs() -> Duration {
+    Duration::from_secs_f64(env_or("THREADPROF_FOREIGN_SECS", 3.0))
+}
+
+/// A page of machine code made at run time, as a JIT makes it (no unwind information
+/// anywhere): `fn(n)` saves rbp, sets it to `rbp`, counts `n` (≥ 1) down to zero, restores rbp
+/// and returns. x86_64.
+#[cfg(target_arch = "x86_64")]
+fn jit_spin(rbp: u64) -> extern "C" fn(u64) {
+    let mut code = vec![0x55, 0x48, 0xbd]; // push rbp; movabs rbp, imm64
+    code.extend_from_slice(&rbp.to_le_bytes());
+    code.extend_from_slice(&[0x48, 0xff, 0xcf, 0x75, 0xfb, 0x5d, 0xc3]); // dec rdi; jnz -5; pop rbp; ret
+                                                                         // SAFETY: a fresh anonymous page; written, then made executable and never written again.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(code.as_ptr(), page.cast::<u8>(), code.len());
+        assert_eq!(
+            libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC),
+            0
+        );
+        std::mem::transmute::<*mut libc::c_void, extern "C" fn(u64)>(page)
+    }
+}
+
+/// Runs `f` on a registered thread for [`foreign_secs`] under 999 Hz CPU and wall sampling,
+/// flushes, and returns the merged profile and the counters.
+fn sample_scenario(tag: &str, f: impl FnOnce() + Send + 'static) -> (Profile, threadprof::Stats) {
+    let dir = root().join("profiles");
+    let _p = start_profiler(&dir, Duration::from_secs(3600), 999, 999);
+    threadprof::spawn(tag, f).join().unwrap();
+    assert!(threadprof::flush());
+    let stats = threadprof::stats();
+    let p = read_profile(&dir.join(threadprof::MERGED_FILE));
+    println!(
+        "FOREIGN {tag}: samples={} cut_short={} dropped={}",
+        stats.samples, stats.cut_short, stats.dropped
+    );
+    (p, stats)
+}
+
+/// Whether some sample's stack holds a function containing each of `names`.
+fn some_stack_has_all(p: &Profile, names: &[&str]) -> bool {
+    p.sample.iter().any(|s| {
+        let stack = p.stack_names(s);
+        names.iter().all(|n| stack.iter().any(|f| f.contains(n)))
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fiber {
+    use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+    pub static MAIN: AtomicPtr<libc::ucontext_t> = AtomicPtr::new(std::ptr::null_mut());
+    pub static FIBER: AtomicPtr<libc::ucontext_t> = AtomicPtr::new(std::ptr::null_mut());
+    pub static JIT: AtomicUsize = AtomicUsize::new(0);
+    pub static UNTIL_NS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn now_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes only `ts`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    /// The fiber: runs the JIT code until the deadline, then switches back.
+    pub extern "C" fn entry() {
+        // SAFETY: JIT holds a `jit_spin` function pointer, stored before the switch.
+        let f: extern "C" fn(u64) = unsafe { std::mem::transmute(JIT.load(Ordering::SeqCst)) };
+        while now_ns() < UNTIL_NS.load(Ordering::SeqCst) {
+            f(2_000_000);
+        }
+        // SAFETY: both contexts were set up by the thread that switched to us.
+        unsafe { libc::swapcontext(FIBER.load(Ordering::SeqCst), MAIN.load(Ordering::SeqCst)) };
+    }
+}
+
+/// Child: a registered thread switches (`makecontext`/`swapcontext`) to a fiber whose stack is
+/// mapped below the thread's own stack, with an inaccessible page between them, and runs
+/// machine code made at run time with its frame pointer aimed at that page. Reading
+/// `[interrupted sp, thread stack top)` without a check faulted inside the handler.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn child_fiber_jit() {
+    if !is_child("fiber_jit") {
+        return;
+    }
+    let (p, stats) = sample_scenario("fiber_jit", || {
+        const FIBER_STACK: usize = 256 * 1024;
+        let (lo, _) = stack_bounds();
+        // [fiber stack][PROT_NONE page] ... unmapped ... [this thread's stack]
+        let mut mapped = None;
+        for gap_mib in [1usize, 2, 4, 8, 16, 32, 64] {
+            let base = lo - gap_mib * 1024 * 1024 - FIBER_STACK - 4096;
+            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; checked below.
+            let m = unsafe {
+                libc::mmap(
+                    base as *mut libc::c_void,
+                    FIBER_STACK + 4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if m as usize == base {
+                mapped = Some(base);
+                break;
+            }
+            if m != libc::MAP_FAILED {
+                // SAFETY: a mapping we just made elsewhere (old kernels ignore the flag).
+                unsafe { libc::munmap(m, FIBER_STACK + 4096) };
+            }
+        }
+        let base = mapped.expect("room below the thread's stack for the fiber");
+        let guard = base + FIBER_STACK;
+        // SAFETY: the top page of our mapping.
+        let protected = unsafe { libc::mprotect(guard as *mut _, 4096, libc::PROT_NONE) };
+        assert_eq!(protected, 0);
+        fiber::JIT.store(jit_spin(guard as u64 + 64) as usize, Ordering::SeqCst);
+        fiber::UNTIL_NS.store(
+            fiber::now_ns() + foreign_secs().as_nanos() as u64,
+            Ordering::SeqCst,
+        );
+        // SAFETY: zeroed ucontext_t is filled by getcontext; the fiber's stack is our mapping
+        // below the guard; both contexts outlive the switches (leaked boxes).
+        unsafe {
+            let main: *mut libc::ucontext_t = Box::leak(Box::new(std::mem::zeroed()));
+            let fib: *mut libc::ucontext_t = Box::leak(Box::new(std::mem::zeroed()));
+            assert_eq!(libc::getcontext(fib), 0);
+            (*fib).uc_stack.ss_sp = base as *mut libc::c_void;
+            (*fib).uc_stack.ss_size = FIBER_STACK;
+            (*fib).uc_link = main;
+            libc::makecontext(fib, fiber::entry, 0);
+            fiber::MAIN.store(main, Ordering::SeqCst);
+            fiber::FIBER.store(fib, Ordering::SeqCst);
+            assert_eq!(libc::swapcontext(main, fib), 0);
+        }
+    });
+    assert!(stats.samples > 1000, "{stats:?}");
+    assert!(
+        stats.cut_short > 0,
+        "the fiber's stacks were cut short: {stats:?}"
+    );
+    assert!(!p.sample.is_empty());
+    println!("CHILD OK");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_fiber_below_the_thread_stack_running_jit_code_never_crashes_the_sampler() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child("fiber_jit", dir.path(), &[], Duration::from_secs(120));
+    print_lines(&out, "FOREIGN");
+}
+
+/// Child: machine code made at run time, on the thread's own stack, with its frame pointer at
+/// the null page, an unmapped address, the thread's guard page and below the stack pointer.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn child_jit_frame_pointers() {
+    if !is_child("jit_frame_pointers") {
+        return;
+    }
+    let (_p, stats) = sample_scenario("jit_fp", || {
+        let (lo, _) = stack_bounds();
+        let here = black_box(&lo) as *const _ as u64;
+        let values = [
+            16u64,
+            0xdead_beef_0000,
+            lo as u64 - 4096,
+            here - 64 * 1024,
+            here,
+        ];
+        let each = foreign_secs() / values.len() as u32;
+        for rbp in values {
+            let f = jit_spin(rbp);
+            let start = Instant::now();
+            while start.elapsed() < each {
+                f(2_000_000);
+            }
+        }
+    });
+    assert!(stats.samples > 1000, "{stats:?}");
+    assert!(stats.cut_short > 0, "{stats:?}");
+    println!("CHILD OK");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn jit_code_with_any_frame_pointer_never_crashes_the_sampler() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(
+        "jit_frame_pointers",
+        dir.path(),
+        &[],
+        Duration::from_secs(120),
+    );
+    print_lines(&out, "FOREIGN");
+}
+
+#[inline(never)]
+fn stacker_recurse(depth: u32) -> u64 {
+    // 4 KiB a level: with 64 KiB segments, a new segment every dozen levels.
+    let pad = black_box([depth as u8; 4096]);
+    let below = stacker::maybe_grow(16 * 1024, 64 * 1024, || {
+        if depth < 40 {
+            stacker_recurse(depth + 1)
+        } else {
+            burn_for(Duration::from_millis(20), stacker_leaf_work)
+        }
+    });
+    below.wrapping_add(u64::from(black_box(pad)[7]))
+}
+
+#[inline(never)]
+fn stacker_outer() -> u64 {
+    black_box(stacker_recurse(0))
+}
+
+/// Child: recursion that grows its stack in `stacker` segments (as recursive-descent parsers
+/// do), sampled at 999 Hz; the walk must cross the segments back to the caller.
+#[test]
+fn child_stacker() {
+    if !is_child("stacker") {
+        return;
+    }
+    let (p, stats) = sample_scenario("stacker", || {
+        let start = Instant::now();
+        while start.elapsed() < foreign_secs() {
+            black_box(stacker_outer());
+        }
+    });
+    assert!(stats.samples > 1000, "{stats:?}");
+    let deep = p
+        .sample
+        .iter()
+        .filter(|s| {
+            let names = p.stack_names(s);
+            names.iter().any(|n| n.contains("stacker_leaf_work"))
+                && names.iter().any(|n| n.contains("stacker_outer"))
+        })
+        .count();
+    let leaf = p
+        .sample
+        .iter()
+        .filter(|s| {
+            p.stack_names(s)
+                .iter()
+                .any(|n| n.contains("stacker_leaf_work"))
+        })
+        .count();
+    println!("STACKER leaf_samples={leaf} reaching_outer={deep}");
+    assert!(
+        leaf > 0 && deep * 10 >= leaf * 9,
+        "walks cross segments: {deep} of {leaf}"
+    );
+    println!("CHILD OK");
+}
+
+#[test]
+fn stacker_segments_are_walked_across_under_999hz_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child("stacker", dir.path(), &[], Duration::from_secs(120));
+    print_lines(&out, "FOREIGN");
+    print_lines(&out, "STACKER");
+}
+
+extern "C" fn host_handler(_signal: libc::c_int) {
+    black_box(burn_for(Duration::from_millis(2), host_handler_work));
+}
+
+/// Child: the host installs its own small alternate signal stack and a SIGUSR1 handler on it
+/// that burns 2 ms; the registered thread raises SIGUSR1 between 1 ms bursts of its own work.
+#[test]
+fn child_host_altstack() {
+    if !is_child("host_altstack") {
+        return;
+    }
+    let (p, stats) = sample_scenario("host_altstack", || {
+        const SIZE: usize = 16 * 1024;
+        // SAFETY: a fresh mapping for the host's alternate stack, installed for this thread
+        // and left installed until the process ends (the mapping is never unmapped).
+        unsafe {
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(m, libc::MAP_FAILED);
+            let ss = libc::stack_t {
+                ss_sp: m,
+                ss_flags: 0,
+                ss_size: SIZE,
+            };
+            assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = host_handler as *const () as libc::sighandler_t;
+            act.sa_flags = libc::SA_ONSTACK | libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut()),
+                0
+            );
+        }
+        let start = Instant::now();
+        while start.elapsed() < foreign_secs() {
+            black_box(burn_for(Duration::from_millis(1), host_interrupted_work));
+            // SAFETY: raise sends SIGUSR1 to this thread; its handler is installed above.
+            unsafe { libc::raise(libc::SIGUSR1) };
+        }
+    });
+    assert!(stats.samples > 1000, "{stats:?}");
+    let in_handler = cpu_by_function(&p, "host_handler_work");
+    assert!(!in_handler.is_empty(), "samples in the handler");
+    assert!(
+        some_stack_has_all(&p, &["host_handler_work", "child_host_altstack"]),
+        "a walk from the alternate stack back through the signal frame"
+    );
+    println!("CHILD OK");
+}
+
+#[test]
+fn a_host_signal_handler_on_its_own_alternate_stack_is_sampled() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child("host_altstack", dir.path(), &[], Duration::from_secs(120));
+    print_lines(&out, "FOREIGN");
+}
+
+/// Prints the child's report lines that carry `marker` (libtest may have printed its own
+/// "test ... " in front of the first one).
+fn print_lines(out: &Output, marker: &str) {
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(at) = line.find(marker) {
+            println!("{}", &line[at..]);
+        }
+    }
+}

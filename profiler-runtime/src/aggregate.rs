@@ -121,7 +121,7 @@ impl Aggregator {
                     last_wall = Some((r.tag, k));
                 }
             });
-            let taken = t.slot.idle.take(credit.epoch());
+            let taken = t.slot.idle.take(credit);
             if taken > 0 {
                 if let Some((tag, key)) = &last_wall {
                     batch.push((*tag, key.clone(), taken));

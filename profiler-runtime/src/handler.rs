@@ -2,6 +2,10 @@
 //!
 //! Every call it makes, and why each is async-signal-safe:
 //! - `__errno_location` (read and restore errno): a pointer into this thread's TLS.
+//! - `call_on_stack`: four instructions of inline assembly that move the stack pointer to the
+//!   top of this thread's signal stack (memory mapped at registration), call the sampler, and
+//!   move it back; taken when the kernel delivered the signal on another stack (the host's
+//!   alternate stack).
 //! - `CURRENT_SLOT.try_with`: a const-initialised `thread_local!` without destructor, i.e. a
 //!   plain TLS load; `try_with` cannot panic.
 //! - `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` (wall samples only): listed async-signal-safe by
@@ -12,14 +16,24 @@
 //! - `UnwinderUse::begin`/drop: two `SeqCst` atomic operations; the unwinder it yields is never
 //!   freed while a handler holds it.
 //! - framehop `iter_frames` with `MustNotAllocateDuringUnwind`: evaluates DWARF CFI with
-//!   fixed-size storage in the thread's preallocated cache; no allocation, no locks. Stack
-//!   memory is read only inside `[interrupted sp, thread stack top)`, so a corrupt unwind rule
-//!   cannot make it fault.
+//!   fixed-size storage in the thread's preallocated cache; no allocation, no locks. Every
+//!   memory read it asks for goes through `StackReader` (stackread.rs): a direct load only
+//!   inside `[interrupted sp, thread stack top)` when sp is on the thread's own stack, else a
+//!   copy by `process_vm_readv` (a system call that fails with EFAULT instead of faulting).
+//!   So no unwind rule, register value or foreign stack can make it fault.
+//! - `cut_short.fetch_add` (relaxed) on the slot's own counter when a read was refused.
 //! - `SampleBuffer::begin`/`push`/`commit`/`commit_repeat`/`count_dropped`: relaxed/acquire/
 //!   release atomic loads, stores and one `fetch_add`, into memory allocated at registration.
 //! - Wall samples read the instruction at (or just before) the interrupted pc, 2 or 4 bytes,
-//!   only after `CodeMap::contains_code` (a binary search) confirmed they lie in a loaded
-//!   object's executable segment, and the return register from the ucontext.
+//!   only when `CodeMap::contains_code` (a binary search) says they lie in one readable and
+//!   executable segment of a loaded object, and then by `process_vm_readv` (`read_bytes`), so
+//!   a segment unloaded since the map was built cannot make it fault; and the return register
+//!   from the ucontext.
+//!
+//! All its work runs on the thread's own signal stack (altstack.rs): the kernel puts the signal
+//! frame there (`SA_ONSTACK`) when the thread had no alternate stack of its own, and otherwise
+//! the handler moves onto it first. So a thread near the end of its own stack is not pushed
+//! past it; the deepest use is printed by `cargo bench --bench overhead`.
 //!
 //! Nothing here allocates, locks, formats, does I/O, or can panic (no indexing that can fail, no
 //! unwrap); SIGPROF is blocked while the handler runs, so it never re-enters itself.
@@ -29,54 +43,101 @@ use std::sync::atomic::Ordering;
 
 use libc::{c_int, c_void, siginfo_t};
 
+use crate::altstack::call_on_stack;
 use crate::buffer::{RecordWriter, SampleKind};
 use crate::slot::{ThreadSlot, CURRENT_SLOT};
+use crate::stackread::StackReader;
 use crate::unwind::{Cache, UnwinderUse};
-use framehop::Unwinder as _;
+use framehop::{FrameAddress, Unwinder as _};
 
-/// `sigev_value` of CPU-time timers. Wall periods arrive through `ThreadSlot::wall_due`, with a
-/// plain `tgkill` from the wall ticker.
+/// `sigev_value` of CPU-time timers.
 pub(crate) const TIMER_CPU: usize = 1;
+/// Value of the timer signals the wall ticker queues; the periods themselves arrive through
+/// `ThreadSlot::wall_due`.
+pub(crate) const TIMER_WALL: usize = 2;
 
 /// The `_timer` member of the kernel's `siginfo_t` union, with the three leading ints. With
 /// `repr(C)` the union starts at offset 16 on 64-bit targets, as in the kernel's layout.
 #[repr(C)]
-struct TimerSigInfo {
-    signo: c_int,
-    errno: c_int,
-    code: c_int,
-    timer: TimerFields,
+pub(crate) struct TimerSigInfo {
+    pub(crate) signo: c_int,
+    pub(crate) errno: c_int,
+    pub(crate) code: c_int,
+    pub(crate) timer: TimerFields,
 }
 
+/// `tid`, `overrun`, `sigval` of the `_timer` member.
 #[repr(C)]
-struct TimerFields {
-    tid: c_int,
-    overrun: c_int,
-    value: *mut c_void,
+pub(crate) struct TimerFields {
+    pub(crate) tid: c_int,
+    pub(crate) overrun: c_int,
+    pub(crate) value: *mut c_void,
 }
 
-/// Installed with `SA_SIGINFO | SA_RESTART` for SIGPROF. One run can serve both clocks: the
-/// CPU timer's expiries (from `siginfo`) and the wall periods the ticker left in `wall_due`.
+/// Installed with `SA_SIGINFO | SA_RESTART | SA_ONSTACK` for SIGPROF. One run can serve both
+/// clocks: the CPU timer's expiries (from `siginfo`) and the wall periods the ticker left in
+/// `wall_due`.
 pub(crate) extern "C" fn on_sigprof(_signal: c_int, info: *mut siginfo_t, context: *mut c_void) {
     // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
     let errno = unsafe { *libc::__errno_location() };
-    // SAFETY: the kernel passes a valid siginfo and ucontext for an SA_SIGINFO handler.
-    unsafe { take_sample(info, context) };
+    if let Some(slot) = current_slot() {
+        let mut args = SampleArgs {
+            slot,
+            info,
+            context,
+        };
+        let here = std::ptr::addr_of!(args) as usize;
+        match &slot.signal_stack {
+            // Delivered on the host's alternate stack (or with none): move onto ours first.
+            Some(stack) if !stack.contains(here) => {
+                // SAFETY: `stack.top()` is the 16-byte aligned top of this thread's signal
+                // stack, which nothing on this thread is using (we are not on it, and only this
+                // thread's handler uses it; SIGPROF is blocked while the handler runs).
+                // `sample_on_stack` takes `args`, which outlives the call.
+                unsafe {
+                    call_on_stack(
+                        stack.top(),
+                        std::ptr::addr_of_mut!(args).cast(),
+                        sample_on_stack,
+                    )
+                };
+            }
+            // SAFETY: the kernel passes a valid siginfo and ucontext for an SA_SIGINFO handler.
+            _ => unsafe { take_sample(slot, info, context) },
+        }
+    }
     // SAFETY: as above; restoring errno hides the handler from the interrupted code.
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// # Safety
-/// `info` and `context` must be the arguments the kernel passed to an SA_SIGINFO handler.
-unsafe fn take_sample(info: *mut siginfo_t, context: *mut c_void) {
-    let Ok(slot) = CURRENT_SLOT.try_with(Cell::get) else {
-        return;
-    };
+/// What `on_sigprof` hands to the sample taken on the signal stack.
+struct SampleArgs {
+    slot: &'static ThreadSlot,
+    info: *mut siginfo_t,
+    context: *mut c_void,
+}
+
+/// The slot of the calling thread, if it is registered.
+fn current_slot() -> Option<&'static ThreadSlot> {
+    let slot = CURRENT_SLOT.try_with(Cell::get).ok()?;
     // SAFETY: a non-null CURRENT_SLOT points to this thread's live slot: the thread clears it
-    // before releasing the slot, and this handler runs on that same thread.
-    let Some(slot) = (unsafe { slot.as_ref() }) else {
-        return;
-    };
+    // before releasing the slot, and this handler runs on that same thread, so the slot
+    // outlives this handler run ('static stands for "this run").
+    unsafe { slot.as_ref() }
+}
+
+/// `take_sample` with its arguments packed, as `call_on_stack` calls it.
+extern "C" fn sample_on_stack(args: *mut c_void) {
+    // SAFETY: `on_sigprof` passes a pointer to its live `SampleArgs`.
+    let args = unsafe { &*(args as *const SampleArgs) };
+    // SAFETY: `info` and `context` are the kernel's, passed through unchanged.
+    unsafe { take_sample(args.slot, args.info, args.context) };
+}
+
+/// # Safety
+/// `info` and `context` must be the arguments the kernel passed to an SA_SIGINFO handler on
+/// the thread that owns `slot`.
+unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_void) {
     // SAFETY: for SI_TIMER signals the kernel fills the `_timer` union member, whose layout
     // TimerSigInfo mirrors; we check si_code before using those fields.
     let info = unsafe { &*(info as *const TimerSigInfo) };
@@ -112,7 +173,7 @@ unsafe fn take_sample(info: *mut siginfo_t, context: *mut c_void) {
         return;
     };
     // SAFETY: `context` is the ucontext_t of the interrupted code.
-    let (pc, regs, sp) = unsafe { registers(context) };
+    let (pc, regs, sp) = unsafe { registers(context, slot) };
     let code = UnwinderUse::begin();
     let mut blocked = false;
     let mut wall_kind = SampleKind::WallRunning;
@@ -135,15 +196,26 @@ unsafe fn take_sample(info: *mut siginfo_t, context: *mut c_void) {
             wall_kind = SampleKind::WallWaiting;
         }
     }
+    let window = slot
+        .signal_stack
+        .as_ref()
+        .map_or(std::ptr::null_mut(), |s| s.window());
+    let stack = (
+        slot.stack_lo.load(Ordering::Relaxed),
+        slot.stack_top.load(Ordering::Relaxed),
+    );
+    let mut reader = StackReader::new(sp, stack, window);
     let truncated = unwind(
         &code,
-        slot,
         pc,
         regs,
-        sp,
+        &mut reader,
         &mut state.unwind_cache,
         &mut record,
     );
+    if reader.cut_short {
+        slot.cut_short.fetch_add(1, Ordering::Relaxed);
+    }
     record.commit(slot.tag(), cpu, wall, wall_kind, truncated);
     if blocked {
         // Until this thread runs again it stays blocked on this stack: let the ticker credit
@@ -166,7 +238,7 @@ const SYSCALL_INSN: &[u8] = &[0x01, 0x00, 0x00, 0xd4]; // svc #0
 /// the return register.
 fn in_syscall(map: &crate::unwind::CodeMap, pc: u64, ret: i64) -> bool {
     let len = SYSCALL_INSN.len() as u64;
-    if is_insn(map, pc, SYSCALL_INSN) {
+    if maybe_restart(ret) && is_insn(map, pc, SYSCALL_INSN) {
         return true;
     }
     ret == -i64::from(libc::EINTR)
@@ -175,16 +247,30 @@ fn in_syscall(map: &crate::unwind::CodeMap, pc: u64, ret: i64) -> bool {
             .is_some_and(|at| is_insn(map, at, SYSCALL_INSN))
 }
 
-/// Whether the bytes at `addr` are `insn`, reading only inside a loaded object's code.
+/// Whether the bytes at `addr` are `insn`: they must lie in one readable, executable segment
+/// of a loaded object, and are copied by a read that cannot fault (the map may predate a
+/// `dlclose`).
 fn is_insn(map: &crate::unwind::CodeMap, addr: u64, insn: &[u8]) -> bool {
     if !map.contains_code(addr, insn.len() as u64) {
         return false;
     }
-    // SAFETY: addr..addr+len lies inside an executable segment of a loaded object, which stays
-    // mapped readable while the object is loaded; the code map that says so is kept alive by
-    // the caller's `UnwinderUse`, and objects are not unloaded while their code runs.
-    let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, insn.len()) };
-    bytes == insn
+    let mut bytes = [0u8; 4];
+    let Some(bytes) = bytes.get_mut(..insn.len()) else {
+        return false;
+    };
+    crate::stackread::read_bytes(addr, bytes) && bytes == insn
+}
+
+/// Whether the return register can belong to a system call the kernel rewound for restart. On
+/// x86_64 it then holds the call's number again (`rax = orig_rax`), which saves the read for
+/// most running code; on aarch64 `x0` holds the first argument, which says nothing.
+#[inline]
+fn maybe_restart(ret: i64) -> bool {
+    if cfg!(target_arch = "x86_64") {
+        (0..1024).contains(&ret)
+    } else {
+        true
+    }
 }
 
 fn thread_cpu_ns() -> u64 {
@@ -200,38 +286,69 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// Writes frame lookup addresses (leaf first) into `record`; returns true if the stack was
-/// deeper than the record holds.
+/// deeper than the record holds. Memory reads go through `reader`, which cannot fault. A
+/// return into the signal return trampoline is a kernel signal frame (the thread was running
+/// a signal handler): the walk goes on from the registers saved in it.
 fn unwind(
     code: &UnwinderUse,
-    slot: &ThreadSlot,
     pc: u64,
-    regs: framehop::UnwindRegsNative,
-    sp: u64,
+    mut regs: framehop::UnwindRegsNative,
+    reader: &mut StackReader,
     cache: &mut Cache,
     record: &mut RecordWriter<'_>,
 ) -> bool {
-    let top = slot.stack_top.load(std::sync::atomic::Ordering::Relaxed);
     let Some(map) = code.get() else {
         record.push(pc);
         return false;
     };
-    let unwinder = &map.unwinder;
-    let mut read_stack = |addr: u64| {
-        if addr >= sp && addr.checked_add(8).is_some_and(|end| end <= top) {
-            // SAFETY: [sp, top) is this thread's stack above the interrupted frame: mapped and
-            // readable for as long as the thread runs, and we are running on it.
-            Ok(unsafe { (addr as *const u64).read_unaligned() })
-        } else {
-            Err(())
-        }
-    };
-    let mut frames = unwinder.iter_frames(pc, regs, cache, &mut read_stack);
-    while let Ok(Some(frame)) = frames.next() {
-        if !record.push(frame.address_for_lookup()) {
+    let trampoline = crate::unwind::sigreturn();
+    let mut read = |addr: u64| reader.read_u64(addr);
+    let mut address = FrameAddress::from_instruction_pointer(pc);
+    loop {
+        if !record.push(address.address_for_lookup()) {
             return true;
         }
+        let next = match map
+            .unwinder
+            .unwind_frame(address, &mut regs, cache, &mut read)
+        {
+            Ok(Some(ra)) => ra,
+            _ => return false,
+        };
+        if next == trampoline && trampoline != 0 {
+            let Some((ip, sp, bp)) = signal_frame(regs.sp(), &mut read) else {
+                return false;
+            };
+            regs = framehop::UnwindRegsNative::new(ip, sp, bp);
+            address = FrameAddress::from_instruction_pointer(ip);
+        } else {
+            match FrameAddress::from_return_address(next) {
+                Some(a) => address = a,
+                None => return false,
+            }
+        }
     }
-    false
+}
+
+/// The interrupted `(ip, sp, bp)` saved in the kernel's signal frame whose `ucontext` starts at
+/// `uc` (the stack pointer after returning into the trampoline), read through `read`.
+#[cfg(target_arch = "x86_64")]
+fn signal_frame(uc: u64, read: &mut impl FnMut(u64) -> Result<u64, ()>) -> Option<(u64, u64, u64)> {
+    let gregs = uc.checked_add(std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64)?;
+    let reg = |r: c_int| gregs.checked_add(r as u64 * 8);
+    let ip = read(reg(libc::REG_RIP)?).ok()?;
+    let sp = read(reg(libc::REG_RSP)?).ok()?;
+    let bp = read(reg(libc::REG_RBP)?).ok()?;
+    Some((ip, sp, bp))
+}
+
+/// Not followed on aarch64 (the trampoline is not recorded there): the walk ends.
+#[cfg(target_arch = "aarch64")]
+fn signal_frame(
+    _uc: u64,
+    _read: &mut impl FnMut(u64) -> Result<u64, ()>,
+) -> Option<(u64, u64, u64)> {
+    None
 }
 
 /// Program counter, framehop registers and stack pointer of the interrupted code.
@@ -239,7 +356,10 @@ fn unwind(
 /// # Safety
 /// `context` must point to the `ucontext_t` the kernel passed to the handler.
 #[cfg(target_arch = "x86_64")]
-unsafe fn registers(context: *mut c_void) -> (u64, framehop::UnwindRegsNative, u64) {
+unsafe fn registers(
+    context: *mut c_void,
+    _slot: &ThreadSlot,
+) -> (u64, framehop::UnwindRegsNative, u64) {
     // SAFETY: the caller passes the kernel's ucontext_t.
     let gregs = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext.gregs };
     let (pc, sp, bp) = (
@@ -254,12 +374,24 @@ unsafe fn registers(context: *mut c_void) -> (u64, framehop::UnwindRegsNative, u
 ///
 /// # Safety
 /// `context` must point to the `ucontext_t` the kernel passed to the handler.
+/// Return addresses (`lr` and those read from the stack) are stripped of pointer-authentication
+/// bits with a mask taken from the thread's stack top (`unwind::return_address_mask`).
 #[cfg(target_arch = "aarch64")]
-unsafe fn registers(context: *mut c_void) -> (u64, framehop::UnwindRegsNative, u64) {
+unsafe fn registers(
+    context: *mut c_void,
+    slot: &ThreadSlot,
+) -> (u64, framehop::UnwindRegsNative, u64) {
     // SAFETY: the caller passes the kernel's ucontext_t.
     let mc = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext };
     let (pc, sp, fp, lr) = (mc.pc, mc.sp, mc.regs[29], mc.regs[30]);
-    (pc, framehop::UnwindRegsNative::new(lr, sp, fp), sp)
+    let mask = crate::unwind::return_address_mask(slot.stack_top.load(Ordering::Relaxed));
+    let regs = framehop::UnwindRegsNative::new_with_ptr_auth_mask(
+        framehop::aarch64::PtrAuthMask(mask),
+        lr,
+        sp,
+        fp,
+    );
+    (pc, regs, sp)
 }
 
 /// The system call return register of the interrupted code (`rax`).

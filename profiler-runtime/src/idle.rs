@@ -111,11 +111,18 @@ impl IdleCredit {
             .is_ok()
     }
 
-    /// Dump thread: takes the credited periods if no handler ran since epoch `epoch` (then
-    /// every record of the thread up to now has been drained, and they repeat the last one).
-    pub(crate) fn take(&self, epoch: u64) -> u64 {
+    /// Dump thread: takes the credited periods if the word is still in the state `seen`, read
+    /// before the drain: open, and in the same epoch (no handler ran since). Then every record
+    /// of the thread up to now has been drained, and the periods repeat the last one. A reading
+    /// taken while a handler was between [`Self::close`] and [`Self::open`] is closed, and takes
+    /// nothing: the record that handler is writing may not have been drained, and the periods
+    /// credited after it reopens belong to that record.
+    pub(crate) fn take(&self, seen: Credit) -> u64 {
+        if !seen.is_open() {
+            return 0;
+        }
         let mut old = self.load();
-        while old.epoch() == epoch && old.count() > 0 {
+        while old.is_open() && old.epoch() == seen.epoch() && old.count() > 0 {
             match self.word.compare_exchange_weak(
                 old.0,
                 old.0 & !COUNT_MASK,
@@ -152,14 +159,40 @@ mod tests {
         assert!(c.credit(seen, 1));
         assert!(!c.credit(seen, 1), "stale reading refused");
         assert!(c.credit(c.load(), 2));
-        assert_eq!(c.take(seen.epoch() + 1), 0, "other epoch: nothing taken");
-        assert_eq!(c.take(seen.epoch()), 3);
-        assert_eq!(c.take(seen.epoch()), 0, "taken once");
+        let other_epoch = Credit(seen.0.wrapping_add(1 << COUNT_BITS));
+        assert_eq!(c.take(other_epoch), 0, "other epoch: nothing taken");
+        assert_eq!(c.take(seen), 3);
+        assert_eq!(c.take(seen), 0, "taken once");
         assert!(c.credit(c.load(), 4), "still open after a take");
         assert_eq!(c.close(), 4, "the handler gets what was left");
         assert!(!c.load().is_open());
-        assert_eq!(c.take(seen.epoch()), 0);
+        assert_eq!(c.take(seen), 0);
         assert_eq!(c.load().epoch(), seen.epoch() + 1);
+    }
+
+    /// The interleaving of issue 14 item 5, step by step: the dump thread reads the word while
+    /// a handler is between closing and reopening it, the handler then writes its record and
+    /// reopens, the ticker credits, and the dump thread (whose drain did not see that record)
+    /// tries to take. Before the fix the take matched the epoch and moved the periods onto the
+    /// previous wall stack.
+    #[test]
+    fn a_reading_between_close_and_open_takes_nothing() {
+        let c = IdleCredit::default();
+        c.close();
+        c.open(0);
+        assert!(c.credit(c.load(), 2), "blocked: two periods credited");
+        // Handler run: close returns what was credited (recorded as a repeat of the old stack).
+        assert_eq!(c.close(), 2);
+        // Dump thread reads the word now, then drains the ring (without the record below).
+        let seen_by_dump = c.load();
+        // Handler commits its new record, finds the thread blocked again and reopens.
+        c.open(10);
+        // Ticker: the thread stays blocked on the new stack.
+        assert!(c.credit(c.load(), 3));
+        // Dump thread: these three periods belong to the record it has not drained yet.
+        assert_eq!(c.take(seen_by_dump), 0);
+        // The next drain reads the open word after the record and takes them.
+        assert_eq!(c.take(c.load()), 3);
     }
 
     #[test]
@@ -189,7 +222,7 @@ mod tests {
             std::thread::spawn(move || {
                 let mut taken = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    taken += c.take(c.load().epoch());
+                    taken += c.take(c.load());
                 }
                 taken
             })

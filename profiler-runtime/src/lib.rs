@@ -33,6 +33,8 @@ pub mod flame;
 
 #[cfg(feature = "enabled")]
 mod aggregate;
+#[cfg(threadprof_sampling)]
+mod altstack;
 #[cfg(feature = "enabled")]
 pub mod buffer;
 #[cfg(feature = "enabled")]
@@ -57,6 +59,8 @@ mod runtime;
 mod sampler;
 #[cfg(feature = "enabled")]
 mod slot;
+#[cfg(threadprof_sampling)]
+mod stackread;
 #[cfg(feature = "enabled")]
 mod symbolize;
 #[cfg(feature = "enabled")]
@@ -79,6 +83,19 @@ pub use runtime::{
 };
 #[cfg(feature = "enabled")]
 pub use sampler::SignalError;
+
+/// Stack use of the signal handler on the calling thread (bench support). Not public API.
+#[doc(hidden)]
+#[cfg(feature = "enabled")]
+pub fn __signal_stack_use(paint: bool) -> Option<usize> {
+    #[cfg(threadprof_sampling)]
+    return altstack::__signal_stack_use(paint);
+    #[cfg(not(threadprof_sampling))]
+    {
+        let _ = paint;
+        None
+    }
+}
 
 /// Runs `f` on the current thread, registered under `tag` for its duration (also if it
 /// panics). Use it for `main` or any thread you did not spawn yourself.

@@ -17,6 +17,9 @@ pub struct LoadedObject {
     pub text: Range<u64>,
     /// File offset of `text.start`.
     pub text_file_offset: u64,
+    /// Actual addresses of each segment that is both executable and readable, one range per
+    /// segment (the instruction reads of wall samples are confined to these).
+    pub readable_code: Vec<Range<u64>>,
     /// GNU build id, lowercase hex, or empty.
     pub build_id: String,
     /// Actual address and copy of `.eh_frame_hdr`, when unwind data was asked for.
@@ -151,6 +154,9 @@ mod imp {
                     obj.text_file_offset = ph.p_offset;
                 }
                 text_end = text_end.max(start + ph.p_memsz);
+                if ph.p_flags & libc::PF_R != 0 {
+                    obj.readable_code.push(start..start + ph.p_memsz);
+                }
             } else if ph.p_type == libc::PT_NOTE && obj.build_id.is_empty() {
                 // SAFETY: PT_NOTE segments are inside a loaded segment and mapped readable.
                 let note = unsafe { bytes(bias + ph.p_vaddr, ph.p_filesz) };
@@ -288,5 +294,12 @@ mod tests {
         assert!(me.eh_frame_hdr.is_some());
         assert!(me.build_id.chars().all(|c| c.is_ascii_hexdigit()));
         assert!(objs.iter().any(|o| o.path.contains("libc")));
+        // This function's code is in one readable, executable segment, inside the text.
+        let seg = me
+            .readable_code
+            .iter()
+            .find(|r| r.contains(&here))
+            .expect("own code segment");
+        assert!(me.text.start <= seg.start && seg.end <= me.text.end);
     }
 }

@@ -69,6 +69,7 @@ struct Inner {
     /// their timers were deleted (their counts are final then).
     ended_recorded: u64,
     ended_dropped: u64,
+    ended_cut_short: u64,
 }
 
 /// Registered threads and interned tags.
@@ -85,8 +86,22 @@ pub(crate) struct Registry {
 }
 
 /// This thread's registration, kept in TLS.
+/// What [`Registry::sample_counts`] adds up.
+pub(crate) struct SampleCounts {
+    /// Periods recorded (handler records and credited periods).
+    pub recorded: u64,
+    /// Periods dropped (ring full).
+    pub dropped: u64,
+    /// Samples whose stack was cut short for safety.
+    pub cut_short: u64,
+    /// Threads registered now.
+    pub live: usize,
+}
+
 struct Registration {
     id: u64,
+    /// The alternate signal stack swapped in at registration, to put back at the end.
+    altstack: Option<sampler::AltStackSwap>,
     /// `None` only while the registration is being dropped.
     slot: Option<Arc<ThreadSlot>>,
     /// (guard id, tag id), innermost last.
@@ -166,6 +181,16 @@ impl Drop for Registration {
         // suffices to keep the store before the `Arc` release below.
         let _ = CURRENT_SLOT.try_with(|c| c.set(std::ptr::null()));
         compiler_fence(Ordering::SeqCst);
+        // A late SIGPROF now returns at once: the host's alternate stack can come back.
+        if let Some(swap) = self.altstack.take() {
+            if !swap.restore() {
+                // This thread may still run on our stack: keep the slot (and that memory)
+                // alive for good rather than hand it to another thread.
+                if let Some(slot) = &self.slot {
+                    std::mem::forget(slot.clone());
+                }
+            }
+        }
         // Release this thread's reference before waking the dump thread, so that after its
         // final drain the slot is unique and can serve the next registration.
         self.slot = None;
@@ -296,15 +321,21 @@ impl Registry {
         } else {
             0
         };
-        let (stack_top, cpu_now) = (sampler::stack_top(), sampler::thread_cpu_ns());
+        let (stack, cpu_now) = (sampler::stack_bounds(), sampler::thread_cpu_ns());
         let idle = self.lock().idle_slots.pop();
         let slot = Arc::new(match idle {
             Some(mut slot) => {
-                slot.reuse(tag_id, stack_top, cpu_now);
+                slot.reuse(tag_id, stack, cpu_now);
                 slot
             }
-            None => ThreadSlot::new(tag_id, stack_top, wall_period, cpu_now),
+            None => ThreadSlot::new(tag_id, stack, wall_period, cpu_now),
         });
+        // Before the first timer can fire: the handler's stack, unless the host's will do.
+        let altstack = if self.lock().sampling {
+            sampler::use_signal_stack(&slot)
+        } else {
+            None
+        };
         let id = {
             let mut inner = self.lock();
             let id = inner.next_id;
@@ -345,6 +376,7 @@ impl Registry {
         log::debug!("registered thread {name:?} (tid {tid}) under tag {tag_name:?}");
         let registration = Registration {
             id,
+            altstack,
             slot: Some(slot),
             guards: vec![(1, tag_id)],
             next_guard: 1,
@@ -374,6 +406,7 @@ impl Registry {
         sampler::settle_wall(&t.record.slot);
         inner.ended_recorded += t.record.slot.buffer.recorded();
         inner.ended_dropped += t.record.slot.buffer.dropped();
+        inner.ended_cut_short += t.record.slot.cut_short.load(Ordering::Relaxed);
         log::debug!(
             "unregistered thread {:?} (tid {})",
             t.record.name,
@@ -422,16 +455,25 @@ impl Registry {
         self.credited.fetch_add(periods, Ordering::Relaxed);
     }
 
-    /// (periods recorded, periods dropped, live threads), over every thread ever registered.
-    pub(crate) fn sample_counts(&self) -> (u64, u64, usize) {
+    /// Counts over every thread ever registered.
+    pub(crate) fn sample_counts(&self) -> SampleCounts {
         let inner = self.lock();
-        let live = inner.threads.values().map(|t| &t.record.slot.buffer);
         let credited = self.credited.load(Ordering::Relaxed);
-        let (recorded, dropped) = live.fold(
-            (inner.ended_recorded + credited, inner.ended_dropped),
-            |(r, d), b| (r + b.recorded(), d + b.dropped()),
-        );
-        (recorded, dropped, inner.threads.len())
+        let start = SampleCounts {
+            recorded: inner.ended_recorded + credited,
+            dropped: inner.ended_dropped,
+            cut_short: inner.ended_cut_short,
+            live: inner.threads.len(),
+        };
+        inner.threads.values().fold(start, |c, t| {
+            let slot = &t.record.slot;
+            SampleCounts {
+                recorded: c.recorded + slot.buffer.recorded(),
+                dropped: c.dropped + slot.buffer.dropped(),
+                cut_short: c.cut_short + slot.cut_short.load(Ordering::Relaxed),
+                live: c.live,
+            }
+        })
     }
 
     /// Live threads.

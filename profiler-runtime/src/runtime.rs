@@ -300,6 +300,10 @@ pub struct Stats {
     pub samples: u64,
     /// Timer periods lost because a thread's sample buffer was full (also logged).
     pub dropped: u64,
+    /// Samples whose stack was cut short for safety: the unwinder needed memory it could not
+    /// read without risk of a fault (a fiber's or a JIT's frames, a frame pointer aimed at an
+    /// unmapped page). The sample is kept with the frames read up to that point.
+    pub cut_short: u64,
     /// Threads registered now.
     pub live_threads: usize,
     /// Dumps that wrote every file.
@@ -313,11 +317,12 @@ pub fn stats() -> Stats {
     let Some(rt) = RUNTIME.get() else {
         return Stats::default();
     };
-    let (samples, dropped, live_threads) = rt.registry.sample_counts();
+    let counts = rt.registry.sample_counts();
     Stats {
-        samples,
-        dropped,
-        live_threads,
+        samples: counts.recorded,
+        dropped: counts.dropped,
+        cut_short: counts.cut_short,
+        live_threads: counts.live,
         dumps: rt.dumps.written.load(Ordering::Relaxed),
         failed_dumps: rt.dumps.failed.load(Ordering::Relaxed),
     }

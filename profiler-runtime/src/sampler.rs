@@ -7,7 +7,10 @@
 //! - **Wall** (when on): one `WallTicker` thread wakes on `CLOCK_MONOTONIC` at the wall
 //!   frequency. For each registered thread it either credits the period to the thread's
 //!   `IdleCredit` (the thread has not run since a wall sample found it blocked: same stack, no
-//!   need to wake it) or adds it to the thread's `wall_due` and sends it SIGPROF with `tgkill`.
+//!   need to wake it) or adds it to the thread's `wall_due` and queues it a SIGPROF.
+//!   The signal is queued with `rt_tgsigqueueinfo` as `SI_TIMER`, like a timer's: the kernel
+//!   drops pending `SI_TIMER` signals at `execve`, while a `tgkill` that lands during one stays
+//!   pending across it, and the new program, whose SIGPROF action is the default, dies of it.
 //!   Per-thread kernel timers on `CLOCK_MONOTONIC` did this job before; they woke every blocked
 //!   thread every period, which cost 0.12–0.63% of a core per idle thread at 99 Hz on a 2-core
 //!   VM (README, Performance).
@@ -35,7 +38,9 @@ pub enum SignalError {
 #[cfg(threadprof_sampling)]
 mod imp {
     use super::SignalError;
-    use crate::handler::{on_sigprof, TIMER_CPU};
+    pub(crate) use crate::altstack::AltStackSwap;
+    use crate::altstack::{self, Kept};
+    use crate::handler::{on_sigprof, TimerSigInfo, TIMER_CPU, TIMER_WALL};
     use crate::slot::ThreadSlot;
     use std::io;
     use std::mem::MaybeUninit;
@@ -77,13 +82,29 @@ mod imp {
         let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
         act.sa_sigaction = ours();
         // SA_RESTART: interrupted blocking calls resume instead of failing with EINTR.
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SA_ONSTACK: run on the registered thread's alternate stack (altstack.rs), not on the
+        // interrupted stack, which may be nearly full.
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
         // SAFETY: sa_mask is owned; sigemptyset initialises it. SIGPROF itself stays blocked
         // during the handler because SA_NODEFER is not set.
         unsafe { libc::sigemptyset(&mut act.sa_mask) };
         // SAFETY: `act` is fully initialised and `on_sigprof` has the SA_SIGINFO signature.
         if unsafe { libc::sigaction(libc::SIGPROF, &act, std::ptr::null_mut()) } != 0 {
             return Err(SignalError::Os(io::Error::last_os_error().to_string()));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Ok(now) = current_action() {
+            if let Some(restorer) = now.sa_restorer {
+                crate::unwind::note_sigreturn(restorer as usize as u64);
+            }
+        }
+        if !crate::stackread::copies_work() {
+            crate::diagnostics::warn(
+                "process_vm_readv",
+                "process_vm_readv on this process is not permitted here (seccomp?); stacks of \
+                 code running outside a thread's own stack (fibers, stacker segments, signal \
+                 handlers on an alternate stack) are cut short at their first frame",
+            );
         }
         Ok(())
     }
@@ -182,16 +203,10 @@ mod imp {
     pub fn settle_wall(slot: &ThreadSlot) {
         // Never send a signal another component's handler did not ask for.
         if slot.wall_due.load(Ordering::Acquire) > 0 && still_installed() {
-            // SAFETY: getpid/gettid have no preconditions; tgkill targets the calling thread,
-            // and SIGPROF's handler is ours (checked just above).
-            unsafe {
-                libc::syscall(
-                    libc::SYS_tgkill,
-                    libc::getpid(),
-                    libc::gettid(),
-                    libc::SIGPROF,
-                );
-            }
+            // SAFETY: getpid/gettid have no preconditions.
+            let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+            // SIGPROF's handler is ours (checked just above).
+            queue_wall_signal(pid, tid);
         }
     }
 
@@ -235,11 +250,43 @@ mod imp {
                 }
             }
             if slot.wall_due.fetch_add(periods, Ordering::Release) == 0 {
-                // SAFETY: tgkill has no memory preconditions. The thread is alive: it leaves
-                // the ticker's list (under the lock we hold) before it unregisters and exits,
-                // so `tid` cannot name a reused thread.
-                unsafe { libc::syscall(libc::SYS_tgkill, pid, self.tid, libc::SIGPROF) };
+                // The thread is alive: it leaves the ticker's list (under the lock we hold)
+                // before it unregisters and exits, so `tid` cannot name a reused thread.
+                queue_wall_signal(pid, self.tid);
             }
+        }
+    }
+
+    /// Queues SIGPROF for thread `tid` as a timer signal (`SI_TIMER`, value [`TIMER_WALL`]):
+    /// the kernel drops pending timer signals at `execve`, so a signal queued while the thread
+    /// execs cannot kill the new program. The handler takes the periods from `wall_due`.
+    fn queue_wall_signal(pid: libc::pid_t, tid: libc::pid_t) {
+        // SAFETY: all-zero is a valid siginfo_t; the fields set below are the `_timer` member.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        {
+            // SAFETY: TimerSigInfo mirrors the head of the kernel's siginfo_t (signo, errno,
+            // code, then the `_timer` member at offset 16) and is smaller than siginfo_t.
+            let timer = unsafe { &mut *(&mut info as *mut libc::siginfo_t).cast::<TimerSigInfo>() };
+            timer.signo = libc::SIGPROF;
+            timer.code = libc::SI_TIMER;
+            timer.timer.value = TIMER_WALL as *mut libc::c_void;
+        }
+        // SAFETY: `info` is a valid siginfo_t; rt_tgsigqueueinfo only reads it. A negative
+        // si_code other than SI_TKILL may be sent to any thread of one's own process.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_tgsigqueueinfo,
+                pid,
+                tid,
+                libc::SIGPROF,
+                &info as *const libc::siginfo_t,
+            )
+        };
+        if r != 0 {
+            // Refused (a seccomp filter, say): a plain signal still samples the thread; only
+            // the exec guarantee is lost.
+            // SAFETY: tgkill has no memory preconditions; `tid` is alive (see callers).
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPROF) };
         }
     }
 
@@ -384,21 +431,47 @@ mod imp {
         }
     }
 
-    /// The calling thread's stack top (highest address, exclusive), or 0 if unknown.
-    pub fn stack_top() -> u64 {
+    /// The calling thread's stack, `(lowest, highest)` address (highest exclusive), or `(0, 0)`
+    /// if unknown.
+    pub fn stack_bounds() -> (u64, u64) {
         let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
         // SAFETY: pthread_getattr_np initialises `attr` on success; we destroy it after use.
         unsafe {
             if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
-                return 0;
+                return (0, 0);
             }
             let (mut addr, mut size) = (std::ptr::null_mut(), 0usize);
             let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
             libc::pthread_attr_destroy(attr.as_mut_ptr());
             if ok {
-                addr as u64 + size as u64
+                (addr as u64, addr as u64 + size as u64)
             } else {
-                0
+                (0, 0)
+            }
+        }
+    }
+
+    /// Makes the slot's signal stack the calling thread's alternate stack if it has none (see
+    /// altstack.rs); `None` if the thread keeps its own or it failed (warned). Either way the
+    /// handler does its work on the slot's stack.
+    pub fn use_signal_stack(slot: &ThreadSlot) -> Option<AltStackSwap> {
+        let stack = slot.signal_stack.as_ref()?;
+        match altstack::install(stack) {
+            Ok(Ok(swap)) => Some(swap),
+            Ok(Err(Kept::HostStack)) => None,
+            Ok(Err(Kept::OnAlternateStack)) => {
+                log::debug!("registered while on the alternate signal stack; keeping it");
+                None
+            }
+            Err(e) => {
+                crate::diagnostics::warn(
+                    "sigaltstack",
+                    &format!(
+                        "cannot give a registered thread its signal stack ({e}); its samples \
+                         run on its own stack"
+                    ),
+                );
+                None
             }
         }
     }
@@ -443,8 +516,19 @@ mod imp {
         pub fn stop(&self) {}
     }
     pub fn settle_wall(_slot: &crate::slot::ThreadSlot) {}
-    pub fn stack_top() -> u64 {
-        0
+    pub fn stack_bounds() -> (u64, u64) {
+        (0, 0)
+    }
+    /// Stand-in: no alternate stack where nothing samples.
+    pub struct AltStackSwap;
+    impl AltStackSwap {
+        #[must_use]
+        pub fn restore(self) -> bool {
+            true
+        }
+    }
+    pub fn use_signal_stack(_slot: &crate::slot::ThreadSlot) -> Option<AltStackSwap> {
+        None
     }
     pub fn thread_id() -> i64 {
         0
@@ -455,6 +539,6 @@ mod imp {
 }
 
 pub(crate) use imp::{
-    install, settle_wall, stack_top, still_installed, thread_cpu_ns, thread_id, ThreadTimers,
-    WallTicker,
+    install, settle_wall, stack_bounds, still_installed, thread_cpu_ns, thread_id,
+    use_signal_stack, AltStackSwap, ThreadTimers, WallTicker,
 };

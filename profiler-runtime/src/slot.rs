@@ -39,6 +39,15 @@ pub struct ThreadSlot {
     pub(crate) current_tag: AtomicU32,
     /// Highest stack address of the thread (exclusive); reads above it are refused.
     pub(crate) stack_top: AtomicU64,
+    /// Lowest stack address of the thread; a stack pointer below it is on another stack.
+    pub(crate) stack_lo: AtomicU64,
+    /// Samples whose stack was cut short because a read was refused (see `stackread.rs`).
+    /// Written only by this thread's handler.
+    pub(crate) cut_short: AtomicU64,
+    /// The handler's alternate signal stack and read window (`None` if it could not be mapped:
+    /// then the handler runs on the interrupted stack and foreign stacks are cut short).
+    #[cfg(threadprof_sampling)]
+    pub(crate) signal_stack: Option<crate::altstack::SignalStack>,
     /// Wall-clock sampling period in ns (0 when wall sampling is off).
     pub(crate) wall_period_ns: u64,
     /// Wall periods the ticker has signalled for and the handler has not yet taken; the ticker
@@ -60,20 +69,46 @@ impl ThreadSlot {
     /// `thread_cpu_ns` is the thread's CPU time now, the base of its first wall sample.
     pub(crate) fn new(
         tag: u32,
-        stack_top: u64,
+        stack: (u64, u64),
         wall_period_ns: u64,
         thread_cpu_ns: u64,
     ) -> ThreadSlot {
+        #[cfg(threadprof_sampling)]
+        let signal_stack = match crate::altstack::SignalStack::new() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                crate::diagnostics::warn(
+                    "signal-stack",
+                    &format!(
+                        "cannot map a signal stack for a registered thread ({e}); its samples \
+                         run on its own stack"
+                    ),
+                );
+                None
+            }
+        };
+        // framehop builds the cache by value: on a fresh signal stack, not the caller's.
+        #[cfg(threadprof_sampling)]
+        let unwind_cache: Box<crate::unwind::Cache> = match &signal_stack {
+            // SAFETY: the stack was just mapped; nothing uses it yet. Box::default does not
+            // panic (an allocation failure aborts).
+            Some(stack) => unsafe { stack.run_on(Box::default) },
+            None => Box::default(),
+        };
         ThreadSlot {
             buffer: SampleBuffer::new(BUFFER_WORDS),
             current_tag: AtomicU32::new(tag),
-            stack_top: AtomicU64::new(stack_top),
+            stack_top: AtomicU64::new(stack.1),
+            stack_lo: AtomicU64::new(stack.0),
+            cut_short: AtomicU64::new(0),
+            #[cfg(threadprof_sampling)]
+            signal_stack,
             wall_period_ns,
             wall_due: AtomicU64::new(0),
             idle: IdleCredit::default(),
             handler: UnsafeCell::new(HandlerState {
                 #[cfg(threadprof_sampling)]
-                unwind_cache: Box::default(),
+                unwind_cache,
                 last_wall_cpu_ns: thread_cpu_ns,
                 last_wall_blocked: false,
             }),
@@ -83,10 +118,12 @@ impl ThreadSlot {
     /// Prepares a slot that served a thread that has ended (and was fully drained) for the
     /// calling thread: same memory, fresh state. The unwind cache is kept: its entries are
     /// keyed by code address, not by thread.
-    pub(crate) fn reuse(&mut self, tag: u32, stack_top: u64, thread_cpu_ns: u64) {
+    pub(crate) fn reuse(&mut self, tag: u32, stack: (u64, u64), thread_cpu_ns: u64) {
         self.buffer.clear();
         *self.current_tag.get_mut() = tag;
-        *self.stack_top.get_mut() = stack_top;
+        *self.stack_top.get_mut() = stack.1;
+        *self.stack_lo.get_mut() = stack.0;
+        *self.cut_short.get_mut() = 0;
         *self.wall_due.get_mut() = 0;
         self.idle.reset();
         let state = self.handler.get_mut();

@@ -6,7 +6,7 @@
 //! unloaded it builds a new one, swaps it in, waits until no handler is still using the old one
 //! (a count of handlers in flight), and frees it.
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,13 +22,14 @@ pub(crate) type Cache = framehop::CacheNative<MustNotAllocateDuringUnwind>;
 /// What the handler knows about the loaded code: unwind tables and executable ranges.
 pub(crate) struct CodeMap {
     pub unwinder: Unwinder,
-    /// Executable (and readable) ranges of the loaded objects, sorted by start.
+    /// Segments of the loaded objects that are executable and readable, one range each (never
+    /// merged: the gap between two segments may be unmapped), sorted by start.
     text: Vec<(u64, u64)>,
 }
 
 impl CodeMap {
-    /// Whether `addr..addr+len` lies inside the text of one loaded object. Async-signal-safe:
-    /// a binary search over a slice.
+    /// Whether `addr..addr+len` lies inside one readable, executable segment of a loaded
+    /// object (as of the last refresh). Async-signal-safe: a binary search over a slice.
     #[inline]
     pub(crate) fn contains_code(&self, addr: u64, len: u64) -> bool {
         let i = self.text.partition_point(|&(start, _)| start <= addr);
@@ -40,6 +41,23 @@ impl CodeMap {
 }
 
 static CURRENT: AtomicPtr<CodeMap> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Address of the C library's signal return trampoline (`__restore_rt`, the `sa_restorer` it
+/// gives every handler it installs), or 0 if unknown. A return address equal to it means the
+/// frame above is the kernel's signal frame, which framehop does not step through; the handler
+/// reads the interrupted registers from the `ucontext` there instead. x86_64 only.
+static SIGRETURN: AtomicU64 = AtomicU64::new(0);
+
+/// Records the signal return trampoline (see [`SIGRETURN`]).
+pub(crate) fn note_sigreturn(addr: u64) {
+    SIGRETURN.store(addr, Ordering::Relaxed);
+}
+
+/// The signal return trampoline, or 0. Async-signal-safe: one atomic load.
+#[inline]
+pub(crate) fn sigreturn() -> u64 {
+    SIGRETURN.load(Ordering::Relaxed)
+}
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static BUILT_FOR: Mutex<Option<Generation>> = Mutex::new(None);
 
@@ -74,7 +92,10 @@ impl Drop for UnwinderUse {
 fn build() -> (CodeMap, Generation) {
     let (objs, generation) = objects::loaded_objects(true);
     let mut unwinder = Unwinder::new();
-    let mut text: Vec<(u64, u64)> = objs.iter().map(|o| (o.text.start, o.text.end)).collect();
+    let mut text: Vec<(u64, u64)> = objs
+        .iter()
+        .flat_map(|o| o.readable_code.iter().map(|r| (r.start, r.end)))
+        .collect();
     text.sort_unstable();
     for o in objs {
         let (Some((hdr_addr, hdr)), Some((eh_addr, eh))) = (o.eh_frame_hdr, o.eh_frame) else {
@@ -121,4 +142,54 @@ pub(crate) fn refresh() {
     // SAFETY: `old` came from Box::into_raw, is no longer reachable through CURRENT, and no
     // handler holds it (IN_FLIGHT was zero after the swap).
     drop(unsafe { Box::from_raw(old) });
+}
+
+/// The mask that strips pointer-authentication bits from return addresses on aarch64: with PAC,
+/// the bits above the highest user address bit hold a signature, so a signed `lr` does not
+/// match any loaded object until they are cleared. `highest_user_address` is an address known
+/// to be in user space near its top (the thread's stack top): every bit above its highest set
+/// bit is cleared. Pure, so it is tested on every architecture.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(crate) fn return_address_mask(highest_user_address: u64) -> u64 {
+    if highest_user_address == 0 {
+        return u64::MAX;
+    }
+    u64::MAX >> highest_user_address.leading_zeros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{return_address_mask, CodeMap, Unwinder};
+
+    #[test]
+    fn code_reads_stay_inside_one_readable_executable_segment() {
+        // Two segments of one object with an unmapped gap between them: never merged.
+        let map = CodeMap {
+            unwinder: Unwinder::new(),
+            text: vec![(0x1000, 0x2000), (0x3000, 0x4000)],
+        };
+        assert!(map.contains_code(0x1000, 2));
+        assert!(map.contains_code(0x1ffe, 2));
+        assert!(!map.contains_code(0x1fff, 2), "runs past the first segment");
+        assert!(!map.contains_code(0x2800, 2), "in the gap");
+        assert!(map.contains_code(0x3ffc, 4));
+        assert!(!map.contains_code(0x0fff, 2));
+        assert!(!map.contains_code(u64::MAX - 1, 4), "wraps");
+    }
+
+    #[test]
+    fn pointer_authentication_bits_are_stripped_below_the_highest_user_address() {
+        // 48-bit address space (stack near 0x0000_ffff_....): the top 16 bits are the signature.
+        let mask = return_address_mask(0x0000_ffff_a320_6000);
+        assert_eq!(mask, (1 << 48) - 1);
+        let signed = 0x002d_aaaa_b54f_7a44u64;
+        assert_eq!(signed & mask, 0x0000_aaaa_b54f_7a44);
+        // An unsigned address is unchanged.
+        assert_eq!(0x0000_aaaa_b54f_7a44u64 & mask, 0x0000_aaaa_b54f_7a44);
+        // 39-bit address space: the signature starts at bit 39.
+        let mask39 = return_address_mask(0x0000_007f_f7ff_f000);
+        assert_eq!(0x7f12_0055_5555_0010u64 & mask39, 0x0000_0055_5555_0010);
+        // Nothing known: strip nothing.
+        assert_eq!(return_address_mask(0), u64::MAX);
+    }
 }

@@ -1,0 +1,217 @@
+//! `StackReader`: every read of process memory the signal handler makes outside its own state.
+//! None of them can fault, whatever stack the thread runs on and whatever its registers hold.
+//!
+//! - Direct: the interrupted thread's own stack above its stack pointer, `[sp, stack top)`, when
+//!   `sp` lies inside the stack range taken at registration. That memory is mapped for as long
+//!   as the thread runs (it has run on it), and the handler runs on that thread.
+//! - Copied: every other address (a fiber's stack, a `stacker` segment, a host's alternate
+//!   signal stack, a frame pointer aimed anywhere by code without unwind information) is
+//!   copied with `process_vm_readv` on our own process, which reports an unmapped or
+//!   unreadable page as `EFAULT` instead of raising SIGSEGV. Up to [`WINDOW_BYTES`] are copied
+//!   at once, page by page (one `iovec` per 4 KiB, so a partial copy ends on a page boundary),
+//!   into the slot's window, so a walk up a foreign stack costs one system call per window.
+//! - A read that is refused (outside the own stack while on it) or fails (`EFAULT`, or
+//!   `process_vm_readv` not permitted) ends the walk; the sample is counted as cut short.
+//!
+//! Instruction bytes at the interrupted pc (wall samples) are copied the same way
+//! ([`read_bytes`]): an executable page may be unreadable, and a code range the dump thread
+//! has not refreshed since a `dlclose` may be gone.
+//!
+//! Owns nothing: the window is memory of the slot's `SignalStack`. Touches: `getpid` and
+//! `process_vm_readv`, both plain system calls (async-signal-safe).
+
+use crate::altstack::WINDOW_BYTES;
+
+/// Granularity of the copies: one `iovec` each, so a copy that stops early stops on one.
+const CHUNK: u64 = 4096;
+const CHUNKS: usize = WINDOW_BYTES / CHUNK as usize;
+
+/// Reads for one unwind of one sample.
+pub(crate) struct StackReader {
+    /// `[sp, top)` of the thread's own stack, when `sp` is on it.
+    own: Option<(u64, u64)>,
+    window: *mut u8,
+    window_base: u64,
+    window_len: u64,
+    /// A read was refused or failed: the stack was cut short for safety.
+    pub(crate) cut_short: bool,
+}
+
+impl StackReader {
+    /// `stack` is the thread's stack range from registration (`lo == hi == 0` if unknown);
+    /// `window` is [`WINDOW_BYTES`] of writable memory owned by this thread's handler.
+    pub(crate) fn new(sp: u64, stack: (u64, u64), window: *mut u8) -> StackReader {
+        let (lo, hi) = stack;
+        StackReader {
+            own: (lo <= sp && sp < hi).then_some((sp, hi)),
+            window,
+            window_base: 0,
+            window_len: 0,
+            cut_short: false,
+        }
+    }
+
+    /// The 8 bytes at `addr`, or `Err` (and the reader is marked cut short).
+    pub(crate) fn read_u64(&mut self, addr: u64) -> Result<u64, ()> {
+        let end = addr.checked_add(8).ok_or(())?;
+        if let Some((sp, top)) = self.own {
+            if addr >= sp && end <= top {
+                // SAFETY: [sp, top) is this thread's stack above the interrupted frame: mapped
+                // and readable while the thread runs, and this handler runs on that thread.
+                return Ok(unsafe { (addr as *const u64).read_unaligned() });
+            }
+            // On its own stack, a thread's callers are on it too: anything else is garbage.
+            self.cut_short = true;
+            return Err(());
+        }
+        if !(addr >= self.window_base && end <= self.window_base + self.window_len) {
+            self.fill(addr);
+        }
+        if addr >= self.window_base && end <= self.window_base + self.window_len {
+            let at = (addr - self.window_base) as usize;
+            // SAFETY: `at + 8 <= window_len <= WINDOW_BYTES`, inside the window, whose first
+            // `window_len` bytes `fill` wrote.
+            return Ok(unsafe { (self.window.add(at) as *const u64).read_unaligned() });
+        }
+        self.cut_short = true;
+        Err(())
+    }
+
+    /// Copies up to [`WINDOW_BYTES`] starting at the 4 KiB boundary at or below `addr`.
+    fn fill(&mut self, addr: u64) {
+        let base = addr & !(CHUNK - 1);
+        let mut remote = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; CHUNKS];
+        let mut chunks = 0;
+        for (i, iov) in remote.iter_mut().enumerate() {
+            let Some(start) = base.checked_add(i as u64 * CHUNK) else {
+                break;
+            };
+            if start.checked_add(CHUNK).is_none() {
+                break;
+            }
+            iov.iov_base = start as *mut libc::c_void;
+            iov.iov_len = CHUNK as usize;
+            chunks += 1;
+        }
+        let local = libc::iovec {
+            iov_base: self.window.cast(),
+            iov_len: chunks * CHUNK as usize,
+        };
+        self.window_base = base;
+        // SAFETY: `local` is the window (WINDOW_BYTES >= chunks * CHUNK, writable, ours);
+        // `remote` holds `chunks` valid iovecs. The kernel checks the remote ranges and fails
+        // with EFAULT instead of faulting.
+        let copied = unsafe { vm_readv(&local, &remote[..chunks]) };
+        self.window_len = copied;
+    }
+}
+
+/// Copies `out.len()` bytes at `addr` into `out`; false if any of them is unreadable.
+pub(crate) fn read_bytes(addr: u64, out: &mut [u8]) -> bool {
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
+    };
+    let remote = [libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: out.len(),
+    }];
+    // SAFETY: `local` is `out`, writable and ours; the kernel checks the remote range.
+    unsafe { vm_readv(&local, &remote) == out.len() as u64 }
+}
+
+/// `process_vm_readv` on this process; bytes copied (0 on any error).
+///
+/// # Safety
+/// `local` must describe writable memory of at least the total length of `remote`.
+unsafe fn vm_readv(local: &libc::iovec, remote: &[libc::iovec]) -> u64 {
+    // SAFETY: getpid has no preconditions. (Called each time: a forked child has a new pid.)
+    let pid = unsafe { libc::getpid() };
+    // SAFETY: the caller guarantees `local`; `remote` is a valid slice of iovecs.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_process_vm_readv,
+            pid,
+            local as *const libc::iovec,
+            1usize,
+            remote.as_ptr(),
+            remote.len(),
+            0usize,
+        )
+    };
+    u64::try_from(r).unwrap_or(0)
+}
+
+/// Whether fault-proof reads work in this process (seccomp or a kernel without
+/// `process_vm_readv` may forbid them). Checked once at start; without them, stacks outside a
+/// thread's own stack are cut short at their first frame.
+pub(crate) fn copies_work() -> bool {
+    let probe = 0x5eed_u64;
+    let mut out = [0u8; 8];
+    read_bytes(&probe as *const u64 as u64, &mut out) && u64::from_ne_bytes(out) == probe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_read_mapped_memory_and_refuse_unmapped_pages() {
+        assert!(copies_work());
+        // A readable page followed by an inaccessible one.
+        // SAFETY: a fresh anonymous mapping of two pages, unmapped at the end of the test.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        let base = map as u64;
+        // SAFETY: inside the first page of the mapping.
+        unsafe { ((base + 4088) as *mut u64).write(0x1122_3344_5566_7788) };
+        // SAFETY: the second page of our mapping.
+        let protected = unsafe { libc::mprotect((base + 4096) as *mut _, 4096, libc::PROT_NONE) };
+        assert_eq!(protected, 0);
+        let mut window = vec![0u8; WINDOW_BYTES];
+        let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr());
+        assert_eq!(r.read_u64(base + 4088), Ok(0x1122_3344_5566_7788));
+        assert!(!r.cut_short);
+        assert_eq!(r.read_u64(base + 4096), Err(()), "PROT_NONE page");
+        assert!(r.cut_short);
+        let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr());
+        assert_eq!(r.read_u64(8), Err(()), "null page");
+        assert_eq!(r.read_u64(u64::MAX - 3), Err(()), "wraps");
+        let mut two = [0u8; 2];
+        assert!(
+            !read_bytes(base + 4095, &mut two),
+            "straddles into PROT_NONE"
+        );
+        assert!(read_bytes(base + 4094, &mut two));
+        // SAFETY: our mapping, unmapped once.
+        unsafe { libc::munmap(map, 8192) };
+    }
+
+    #[test]
+    fn on_its_own_stack_only_memory_above_sp_is_read() {
+        let words = [7u64, 8, 9, 10];
+        let sp = words.as_ptr() as u64;
+        let top = sp + 32;
+        let mut window = vec![0u8; WINDOW_BYTES];
+        let mut r = StackReader::new(sp, (sp - 4096, top), window.as_mut_ptr());
+        assert_eq!(r.read_u64(sp + 8), Ok(8));
+        assert_eq!(r.read_u64(sp + 24), Ok(10));
+        assert!(!r.cut_short);
+        assert_eq!(r.read_u64(sp - 8), Err(()), "below sp");
+        assert!(r.cut_short);
+        let mut r = StackReader::new(sp, (sp - 4096, top), window.as_mut_ptr());
+        assert_eq!(r.read_u64(top - 4), Err(()), "crosses the top");
+    }
+}
