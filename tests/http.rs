@@ -41,7 +41,21 @@ fn server() -> SocketAddr {
 
 struct Response {
     status: u16,
+    /// Header lines after the status line, as sent.
+    head: String,
     body: Vec<u8>,
+}
+
+impl Response {
+    /// The value of header `name` (case-insensitive), if present.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    }
 }
 
 fn request(addr: SocketAddr, raw: &str) -> Response {
@@ -63,6 +77,7 @@ fn request(addr: SocketAddr, raw: &str) -> Response {
     Response {
         status,
         body: bytes[split + 4..].to_vec(),
+        head,
     }
 }
 
@@ -392,14 +407,22 @@ fn child_bind_failure() {
 }
 
 fn run_child(test: &str, dir: &std::path::Path) -> (String, String) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+    run_child_with(test, dir, &[])
+}
+
+fn run_child_with(test: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> (String, String) {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env("THREADPROF_DIR", dir)
-        .env_remove("THREADPROF_HTTP_ADDR")
-        .env_remove("THREADPROF_HTTP_TOKEN")
-        .output()
-        .unwrap();
+        .env(CHILD, "1");
+    for var in threadprof_runtime::config::ENV_VARS {
+        command.env_remove(var);
+    }
+    command.env("THREADPROF_DIR", dir);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -436,4 +459,114 @@ fn a_bind_failure_is_logged_and_sampling_goes_on() {
     );
     let p = read_profile(&dir.path().join("still_sampled.pb.gz"));
     assert!(cpu_of(&p) > 0.0);
+}
+
+/// What the child of the configuration tests printed after `tag`, e.g. `SERVED`.
+fn printed<'a>(stdout: &'a str, tag: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.split(&format!("{tag} ")).nth(1))
+        .unwrap_or_else(|| panic!("child printed no {tag}: {stdout}"))
+}
+
+/// Starts the profiler as `THREADPROF_HTTP_TEST_MODE` says, prints whether a server started and
+/// the token in force, and the status of a request to it on 127.0.0.1 when one did.
+#[test]
+fn child_http_config() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let mode = std::env::var("THREADPROF_HTTP_TEST_MODE").unwrap();
+    let b = threadprof::Profiler::builder().output_dir(std::env::var("THREADPROF_DIR").unwrap());
+    let b = match mode.as_str() {
+        "builder-empty" => b.http_addr("127.0.0.1:0").http_token(""),
+        "code-token" => b.http_addr("127.0.0.1:0").http_token("s3cret"),
+        "open" => b.http_addr("0.0.0.0:0"),
+        "open-builder-opt-in" => b.http_addr("0.0.0.0:0").http_allow_unauthenticated(),
+        "open-token" => b.http_addr("0.0.0.0:0").http_token("s3cret"),
+        other => panic!("unknown mode {other}"),
+    };
+    let p = b.start().unwrap();
+    let served = threadprof::http_local_addr();
+    println!("SERVED {}", served.is_some());
+    println!("TOKEN {:?}", p.config().http_token);
+    if let Some(a) = served {
+        let local = SocketAddr::from(([127, 0, 0, 1], a.port()));
+        println!("STATUS {}", get(local, "/debug/pprof/").status);
+    }
+    std::process::exit(0);
+}
+
+fn config_child(mode: &str, env: &[(&str, &str)]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![("THREADPROF_HTTP_TEST_MODE", mode)];
+    all.extend_from_slice(env);
+    run_child_with("child_http_config", dir.path(), &all)
+}
+
+fn errors_in(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("threadprof: error"))
+        .collect()
+}
+
+#[test]
+fn an_empty_token_is_a_configuration_error_never_open_access() {
+    // `.http_token("")`: one error, no server.
+    let (out, err) = config_child("builder-empty", &[]);
+    assert_eq!(printed(&out, "SERVED"), "false", "{out}");
+    let errors = errors_in(&err);
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("http_token() is empty"), "{err}");
+    // `THREADPROF_HTTP_TOKEN=` with an address from the environment: the same.
+    let (out, err) = config_child(
+        "code-token",
+        &[
+            ("THREADPROF_HTTP_TOKEN", ""),
+            ("THREADPROF_HTTP_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    assert_eq!(printed(&out, "SERVED"), "false", "{out}");
+    // ... and the empty variable did not erase the token set in code.
+    assert_eq!(printed(&out, "TOKEN"), "Some(\"s3cret\")", "{out}");
+    let errors = errors_in(&err);
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("THREADPROF_HTTP_TOKEN is empty"),
+        "{err}"
+    );
+    // A real token in the environment replaces the one in code.
+    let (out, err) = config_child("code-token", &[("THREADPROF_HTTP_TOKEN", "other")]);
+    assert_eq!(printed(&out, "SERVED"), "true", "{out}");
+    assert_eq!(printed(&out, "STATUS"), "401", "{out}");
+    assert!(errors_in(&err).is_empty(), "{err}");
+}
+
+#[test]
+fn a_non_loopback_address_needs_a_token_or_an_opt_in() {
+    let (out, err) = config_child("open", &[]);
+    assert_eq!(printed(&out, "SERVED"), "false", "{out}");
+    let errors = errors_in(&err);
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("0.0.0.0:0") && errors[0].contains("not a loopback address"),
+        "{err}"
+    );
+    for (mode, env) in [
+        (
+            "open",
+            &[("THREADPROF_HTTP_ALLOW_UNAUTHENTICATED", "1")][..],
+        ),
+        ("open-builder-opt-in", &[][..]),
+    ] {
+        let (out, err) = config_child(mode, env);
+        assert_eq!(printed(&out, "SERVED"), "true", "{mode}: {out}");
+        assert_eq!(printed(&out, "STATUS"), "200", "{mode}: {out}");
+        assert!(errors_in(&err).is_empty(), "{mode}: {err}");
+    }
+    // With a token it starts, and the token is required.
+    let (out, err) = config_child("open-token", &[]);
+    assert_eq!(printed(&out, "STATUS"), "401", "{out}");
+    assert!(errors_in(&err).is_empty(), "{err}");
 }

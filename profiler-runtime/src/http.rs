@@ -9,13 +9,13 @@
 //! system, and nothing here touches the signal handler.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::diagnostics::{error, warn};
+use crate::diagnostics::error;
 use crate::dump::Command;
 use crate::pprof::{encode_gz, Profile};
 use crate::runtime::Runtime;
@@ -48,33 +48,50 @@ struct Shared {
     windows: AtomicUsize,
 }
 
-/// Binds `addr` and serves from a thread named `threadprof-http`. A bind failure is logged; the
-/// profiler goes on without the endpoint.
+/// Binds `addr` and serves from a thread named `threadprof-http`. A bind failure, an empty
+/// token, or a non-loopback address without a token (unless
+/// [`Config::http_allow_unauthenticated`](crate::Config::http_allow_unauthenticated)) is logged
+/// as one error and no server starts; the profiler goes on without the endpoint.
 pub(crate) fn serve(rt: &'static Runtime, addr: &str, commands: Sender<Command>) {
-    let listener = match TcpListener::bind(addr) {
+    let config = &rt.config;
+    let not_served = |why: &str| {
+        error(
+            "http-bind",
+            &format!("cannot serve profiles over HTTP on {addr}: {why}; sampling and dumps go on"),
+        );
+    };
+    if config
+        .http_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        // Config::resolve refuses it first; this guards a Config built another way.
+        return not_served("the token is empty (an empty token is not \"no authentication\")");
+    }
+    let addrs: Vec<SocketAddr> = match addr.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => return not_served(&e.to_string()),
+    };
+    let loopback = !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback());
+    if !loopback && config.http_token.is_none() && !config.http_allow_unauthenticated {
+        return not_served(
+            "it is not a loopback address and no token is set, so anyone who can reach it could \
+             read the profiles; set THREADPROF_HTTP_TOKEN, or THREADPROF_HTTP_ALLOW_UNAUTHENTICATED=1 \
+             (Profiler::builder().http_allow_unauthenticated()) to serve it without one",
+        );
+    }
+    let listener = match TcpListener::bind(&addrs[..]) {
         Ok(l) => l,
-        Err(e) => {
-            error(
-                "http-bind",
-                &format!(
-                    "cannot serve profiles over HTTP on {addr}: {e}; sampling and dumps go on"
-                ),
-            );
-            return;
-        }
+        Err(e) => return not_served(&e.to_string()),
     };
     let local = listener.local_addr().ok();
     if let Some(a) = local {
         let _ = LOCAL_ADDR.set(a);
     }
-    let loopback = local.is_some_and(|a| a.ip().is_loopback());
-    if !loopback && rt.config.http_token.is_none() {
-        warn(
-            "http-open",
-            &format!(
-                "profiles are served on {addr}, which is not a loopback address, without a token; \
-                 anyone who can reach it can read them (set THREADPROF_HTTP_TOKEN)"
-            ),
+    if !loopback && config.http_token.is_none() {
+        log::info!(
+            "profiles are served on {addr}, not a loopback address, without a token, as \
+             http_allow_unauthenticated asks"
         );
     }
     let shared = Arc::new(Shared {

@@ -121,9 +121,19 @@ impl ProfilerBuilder {
         self
     }
 
-    /// Require `Authorization: Bearer <token>` on every HTTP request.
+    /// Require `Authorization: Bearer <token>` on every HTTP request. An empty token is a
+    /// configuration error (one error is logged and no server starts), never "no
+    /// authentication".
     pub fn http_token(mut self, token: impl Into<String>) -> Self {
         self.req.http_token = Some(token.into());
+        self
+    }
+
+    /// Serve a non-loopback HTTP address without a token. Without this (or
+    /// `THREADPROF_HTTP_ALLOW_UNAUTHENTICATED=1`), such an address logs one error and no server
+    /// starts: anyone who can reach it could read the profiles.
+    pub fn http_allow_unauthenticated(mut self) -> Self {
+        self.req.http_allow_unauthenticated = Some(true);
         self
     }
 
