@@ -59,11 +59,15 @@ impl Response {
 }
 
 fn request(addr: SocketAddr, raw: &str) -> Response {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
+    try_request(addr, raw).unwrap()
+}
+
+fn try_request(addr: SocketAddr, raw: &str) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(raw.as_bytes())?;
     let mut bytes = Vec::new();
-    s.read_to_end(&mut bytes).unwrap();
+    s.read_to_end(&mut bytes)?;
     let split = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -74,11 +78,11 @@ fn request(addr: SocketAddr, raw: &str) -> Response {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status");
-    Response {
+    Ok(Response {
         status,
         body: bytes[split + 4..].to_vec(),
         head,
-    }
+    })
 }
 
 fn get(addr: SocketAddr, path: &str) -> Response {
@@ -190,32 +194,186 @@ fn every_bad_request_gets_its_status() {
         ("/nope", 404),
         ("/profiles/no_such_tag.pb.gz", 404),
         ("/profiles/../../etc/passwd", 404),
-        ("/debug/pprof/profile?seconds=0", 400),
         ("/debug/pprof/profile?seconds=301", 400),
-        ("/debug/pprof/profile?seconds=abc", 400),
         ("/debug/pprof/profile?seconds=1&tag=no_such_tag", 400),
     ] {
         let r = get(addr, path);
-        assert_eq!(
-            r.status,
-            status,
-            "{path}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
-        assert_eq!(
-            r.body.iter().filter(|&&b| b == b'\n').count(),
-            1,
-            "one-line body for {path}"
-        );
+        let body = String::from_utf8_lossy(&r.body);
+        assert_eq!(r.status, status, "{path}: {body}");
+        assert_eq!(body.matches('\n').count(), 1, "one-line body for {path}");
+        assert_eq!(r.header("X-Go-Pprof"), Some("1"), "{path}");
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
     }
-    let r = request(
-        addr,
-        "POST /debug/pprof/profile HTTP/1.1\r\nHost: x\r\n\r\n",
+    let r = get(addr, "/debug/pprof/profile?seconds=301");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("maximum of 300"),
+        "names the maximum"
     );
-    assert_eq!(r.status, 405);
     let index = get(addr, "/debug/pprof/");
     assert_eq!(index.status, 200);
+    assert_eq!(index.header("X-Content-Type-Options"), Some("nosniff"));
+    assert_eq!(index.header("X-Go-Pprof"), None);
     assert!(String::from_utf8_lossy(&index.body).contains("http_known"));
+}
+
+#[test]
+fn methods_and_request_bodies_are_handled_as_http_says() {
+    let addr = server();
+    for method in ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"] {
+        let r = request(
+            addr,
+            &format!("{method} /debug/pprof/profile HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+        );
+        assert_eq!(
+            (r.status, r.header("Allow")),
+            (405, Some("GET")),
+            "{method}"
+        );
+        assert_eq!(r.header("X-Go-Pprof"), Some("1"));
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
+    }
+    // A GET with a small body: the body is drained and the request served.
+    let body = "x".repeat(8 * 1024);
+    let r = request(
+        addr,
+        &format!(
+            "GET /debug/pprof/ HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Above 8 KiB: 413 without reading it; of unknown length: 411.
+    let r = request(
+        addr,
+        "GET /debug/pprof/ HTTP/1.1\r\nContent-Length: 8193\r\n\r\n",
+    );
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("X-Go-Pprof"), Some("1"));
+    let r = request(
+        addr,
+        "GET /debug/pprof/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 411);
+    // Malformed heads are refused by the parser.
+    for raw in [
+        "GET /debug/pprof/ HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        "GET /debug/pprof/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        "GARBAGE\r\n\r\n",
+    ] {
+        assert_eq!(request(addr, raw).status, 400, "{raw:?}");
+    }
+}
+
+/// Sends a request head one byte every 4 s; returns how long until the server answered, and
+/// the answer's first line.
+fn trickle(addr: SocketAddr) -> (Duration, String) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    let mut got = Vec::new();
+    for byte in b"GET /debug/pprof/ HTTP/1.1\r\nHost: x\r\n".iter().cycle() {
+        if s.write_all(&[*byte]).is_err() {
+            let _ = s.read_to_end(&mut got);
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let _ = s.read_to_end(&mut got);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    let first = String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (t.elapsed(), first)
+}
+
+#[test]
+fn a_trickling_client_is_cut_at_five_seconds() {
+    let addr = server();
+    let (took, first) = trickle(addr);
+    println!("a client sending a byte every 4 s was answered after {took:?}: {first}");
+    assert!(first.starts_with("HTTP/1.1 408"), "{first:?}");
+    assert!(
+        (Duration::from_millis(4900)..Duration::from_millis(6500)).contains(&took),
+        "cut after {took:?}, not at 5 s"
+    );
+}
+
+#[test]
+fn child_trickling_clients() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let _p = threadprof::Profiler::builder()
+        .http_addr("127.0.0.1:0")
+        .output_dir(std::env::var("THREADPROF_DIR").unwrap())
+        .start()
+        .unwrap();
+    let addr = threadprof::http_local_addr().unwrap();
+    let t = Instant::now();
+    let clients: Vec<_> = (0..24)
+        .map(|_| std::thread::spawn(move || trickle(addr)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = 0;
+    let served_after = loop {
+        // A refused connection may also be reset before its 503 is read.
+        let raw = "GET /debug/pprof/ HTTP/1.1\r\n\r\n";
+        match try_request(addr, raw).map(|r| r.status) {
+            Ok(200) => break t.elapsed(),
+            Ok(503) | Err(_) => refused += 1,
+            Ok(other) => panic!("status {other}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "never served");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let answers: Vec<(Duration, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let cut = answers
+        .iter()
+        .filter(|(_, a)| a.starts_with("HTTP/1.1 408"))
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|(_, a)| a.starts_with("HTTP/1.1 503"))
+        .count();
+    println!(
+        "SERVED_AFTER {:.2} REFUSED {refused} CUT {cut} BUSY {busy}",
+        served_after.as_secs_f64()
+    );
+    std::process::exit(0);
+}
+
+#[test]
+fn trickling_clients_cannot_lock_others_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = run_child("child_trickling_clients", dir.path());
+    let line = printed(&stdout, "SERVED_AFTER");
+    println!("24 clients sending a byte every 4 s, then a 25th: {line}");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let served_after: f64 = fields[0].parse().unwrap();
+    let refused: u32 = fields[2].parse().unwrap();
+    // The 16 connection slots were full (the 25th was refused at first) ...
+    assert!(refused > 0, "{line}");
+    assert_eq!(fields[4..], ["16", "BUSY", "8"], "{line}");
+    // ... for no longer than the 5 s head deadline.
+    assert!(
+        served_after < 6.0,
+        "locked out for {served_after} s: {line}"
+    );
 }
 
 #[test]
@@ -372,18 +530,28 @@ fn child_token() {
         .unwrap();
     let addr = threadprof::http_local_addr().unwrap();
     let path = "/debug/pprof/";
-    let none = get(addr, path).status;
-    let wrong = request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n"),
-    )
-    .status;
-    let right = request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nauthorization: Bearer s3cret\r\n\r\n"),
-    )
-    .status;
-    println!("TOKEN none={none} wrong={wrong} right={right}");
+    let none = get(addr, path);
+    let with = |value: &str| {
+        request(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nauthorization: {value}\r\n\r\n"),
+        )
+        .status
+    };
+    let wrong = with("Bearer nope");
+    let right = with("Bearer s3cret");
+    let lower = with("bearer s3cret");
+    let upper = with("BEARER s3cret");
+    let basic = with("Basic s3cret");
+    println!(
+        "TOKEN none={} wrong={wrong} right={right} lower={lower} upper={upper} basic={basic}",
+        none.status
+    );
+    println!(
+        "CHALLENGE {:?} {:?}",
+        none.header("WWW-Authenticate"),
+        none.header("X-Go-Pprof")
+    );
     std::process::exit(0);
 }
 
@@ -439,8 +607,12 @@ fn a_token_is_required_when_set() {
     let dir = tempfile::tempdir().unwrap();
     let (stdout, _) = run_child("child_token", dir.path());
     assert!(
-        stdout.contains("TOKEN none=401 wrong=401 right=200"),
+        stdout.contains("TOKEN none=401 wrong=401 right=200 lower=200 upper=200 basic=401"),
         "{stdout}"
+    );
+    assert_eq!(
+        printed(&stdout, "CHALLENGE"),
+        r#"Some("Bearer realm=\"threadprof\"") Some("1")"#
     );
 }
 

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::diagnostics::error;
 use crate::dump::Command;
@@ -24,12 +24,20 @@ use crate::runtime::Runtime;
 pub const MAX_CONNECTIONS: usize = 16;
 /// Profile windows (`/debug/pprof/profile`, `/debug/pprof/flamegraph`) in flight at once.
 pub const MAX_WINDOWS: usize = 4;
-/// Longest wait for a request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest time for a whole request head (and a body to drain), however slowly it trickles in.
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest wait for a client to take the response.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
+/// Most header lines accepted in a request head.
+const MAX_HEADERS: usize = 32;
+/// Largest request body accepted (and drained); a larger one gets 413.
+const MAX_BODY: u64 = 8 * 1024;
+/// Longest profile window, in seconds (`seconds=` above it gets 400).
+pub const MAX_WINDOW_SECONDS: u64 = 300;
+/// Window length when `seconds` is missing, unparsable or not above zero (as Go's handler).
+const DEFAULT_WINDOW_SECONDS: u64 = 30;
 /// Longest wait for the dump thread to answer (a window adds its own length).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -124,19 +132,20 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+        let _ = stream.set_read_timeout(Some(HEAD_DEADLINE));
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         if shared.connections.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
             let mut stream = stream;
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            respond(
-                &mut stream,
-                503,
-                "text/plain",
-                b"too many connections\n",
-                &[],
-            );
+            error_response(&mut stream, 503, "too many connections; try again later");
+            // Take what the client already sent, without waiting (this is the accept
+            // thread), so that closing does not reset the connection before it reads the 503.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            if stream.set_nonblocking(true).is_ok() {
+                let mut chunk = [0u8; 4096];
+                while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
+            }
             continue;
         }
         let conn_shared = shared.clone();
@@ -148,7 +157,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     handle(&mut stream, &conn_shared)
                 })) {
                     log::error!("internal error while serving a profile request: {panic:?}");
-                    respond(&mut stream, 500, "text/plain", b"internal error\n", &[]);
+                    error_response(&mut stream, 500, "internal error");
                 }
                 conn_shared.connections.fetch_sub(1, Ordering::AcqRel);
             });
@@ -166,6 +175,8 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -173,6 +184,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Writes a whole response. Every response carries `X-Content-Type-Options: nosniff`.
 fn respond(
     stream: &mut TcpStream,
     status: u16,
@@ -181,7 +193,8 @@ fn respond(
     extra: &[(&str, &str)],
 ) {
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\nX-Content-Type-Options: nosniff\r\n",
         reason(status),
         body.len()
     );
@@ -195,34 +208,170 @@ fn respond(
     let _ = stream.flush();
 }
 
+/// An error with a one-line plain-text body. `X-Go-Pprof: 1` makes `go tool pprof` print the
+/// body as the reason instead of a bare status.
 fn error_response(stream: &mut TcpStream, status: u16, message: &str) {
+    error_response_with(stream, status, message, &[]);
+}
+
+fn error_response_with(stream: &mut TcpStream, status: u16, message: &str, extra: &[(&str, &str)]) {
+    let mut headers = vec![("X-Go-Pprof", "1")];
+    headers.extend_from_slice(extra);
     respond(
         stream,
         status,
         "text/plain; charset=utf-8",
         format!("{message}\n").as_bytes(),
-        &[],
+        &headers,
     );
 }
 
-/// The request head, or the status to answer with.
-fn read_head(stream: &mut TcpStream) -> Result<String, u16> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
+/// What the handlers need of a request head.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    method: String,
+    target: String,
+    /// The first `Authorization` header's value.
+    authorization: Option<Vec<u8>>,
+    /// `Content-Length`, or 0.
+    content_length: u64,
+    /// A `Transfer-Encoding` header is present (a body of unknown length).
+    transfer_encoding: bool,
+}
+
+/// Parses a request head with httparse: `Ok(None)` while `buf` holds only part of it,
+/// `Ok(Some((head, length of the head in bytes)))`, or the status to answer with.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, u16> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(431)
+        }
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(431),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(400),
+    };
+    let mut head = Head {
+        method: req.method.unwrap_or_default().to_owned(),
+        target: req.path.unwrap_or_default().to_owned(),
+        authorization: None,
+        content_length: 0,
+        transfer_encoding: false,
+    };
+    let mut content_length: Option<u64> = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(400u16)?;
+            // Two different lengths make the body's end ambiguous (request smuggling).
+            if content_length.is_some_and(|m| m != n) {
+                return Err(400);
+            }
+            content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.transfer_encoding = true;
+        } else if h.name.eq_ignore_ascii_case("authorization") && head.authorization.is_none() {
+            head.authorization = Some(h.value.to_vec());
+        }
+    }
+    head.content_length = content_length.unwrap_or(0);
+    Ok(Some((head, len)))
+}
+
+/// Reads and parses the request head before `deadline`, one deadline for the whole head
+/// however slowly it arrives. Returns the head and how many body bytes came with it.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<(Head, u64), u16> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
     loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return Err(400),
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+        read_before(stream, &mut chunk, deadline).and_then(|n| match n {
+            0 => Err(400),
+            n => {
+                buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        })?;
+        if let Some((head, len)) = parse_head(&buf)? {
+            return Ok((head, (buf.len() - len) as u64));
+        }
+    }
+}
+
+/// One `read` that ends by `deadline`: the bytes read (0 at end of stream), or 408.
+fn read_before(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<usize, u16> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(408);
+        }
+        match stream.read(buf) {
+            Ok(n) => return Ok(n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(408),
         }
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            return String::from_utf8(head).map_err(|_| 400);
-        }
-        if head.len() > MAX_HEAD {
-            return Err(431);
+    }
+}
+
+/// Reads and discards `left` body bytes before `deadline`.
+fn drain_body(stream: &mut TcpStream, mut left: u64, deadline: Instant) -> Result<(), u16> {
+    let mut chunk = [0u8; 1024];
+    while left > 0 {
+        let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        match read_before(stream, &mut chunk[..want], deadline)? {
+            0 => return Err(400),
+            n => left -= n as u64,
         }
     }
+    Ok(())
+}
+
+/// After an error answered before the request was read in full: stops sending and reads what
+/// the client still sends (briefly, up to 64 KiB), so that closing does not reset the
+/// connection before the client has read the answer.
+fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut chunk = [0u8; 4096];
+    let mut total = 0;
+    while total < 64 * 1024 {
+        match read_before(stream, &mut chunk, deadline) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let split = value
+        .iter()
+        .position(|b| *b == b' ' || *b == b'\t')
+        .unwrap_or(value.len());
+    let (scheme, token) = value.split_at(split);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
+}
+
+/// The window length `seconds` asks for, read as Go's `net/http/pprof` does: missing,
+/// unparsable, or not above zero means 30; above [`MAX_WINDOW_SECONDS`] is an error.
+fn window_seconds(query: &str) -> Result<u64, String> {
+    let asked = query_param(query, "seconds")
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|n| u64::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_WINDOW_SECONDS);
+    if asked > MAX_WINDOW_SECONDS {
+        return Err(format!(
+            "seconds={asked} is above the maximum of {MAX_WINDOW_SECONDS}"
+        ));
+    }
+    Ok(asked)
 }
 
 /// Compares without an early exit, so the time taken does not reveal the matching prefix.
@@ -259,36 +408,54 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 }
 
 fn handle(stream: &mut TcpStream, shared: &Shared) {
-    let head = match read_head(stream) {
+    let deadline = Instant::now() + HEAD_DEADLINE;
+    let (head, body_read) = match read_head(stream, deadline) {
         Ok(h) => h,
-        Err(status) => return error_response(stream, status, reason(status)),
+        Err(status) => {
+            error_response(stream, status, reason(status));
+            return linger(stream);
+        }
     };
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    if method != "GET" {
-        return error_response(stream, 405, "only GET is supported");
+    if head.method != "GET" {
+        error_response_with(
+            stream,
+            405,
+            &format!("method {} is not allowed; only GET is", head.method),
+            &[("Allow", "GET")],
+        );
+        return linger(stream);
+    }
+    if head.transfer_encoding {
+        error_response(stream, 411, "a request body needs a Content-Length");
+        return linger(stream);
+    }
+    if head.content_length > MAX_BODY {
+        error_response(
+            stream,
+            413,
+            &format!("request bodies above {MAX_BODY} bytes are refused"),
+        );
+        return linger(stream);
+    }
+    if let Err(status) = drain_body(
+        stream,
+        head.content_length.saturating_sub(body_read),
+        deadline,
+    ) {
+        return error_response(stream, status, reason(status));
     }
     if let Some(token) = &shared.token {
-        let presented = lines
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
-            .map(|(_, v)| {
-                v.trim()
-                    .strip_prefix("Bearer ")
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned()
-            })
-            .unwrap_or_default();
-        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-            return error_response(stream, 401, "missing or wrong bearer token");
+        let presented = head.authorization.as_deref().and_then(bearer_token);
+        if !presented.is_some_and(|p| constant_time_eq(p, token.as_bytes())) {
+            return error_response_with(
+                stream,
+                401,
+                "missing or wrong bearer token",
+                &[("WWW-Authenticate", "Bearer realm=\"threadprof\"")],
+            );
         }
     }
+    let target = head.target.as_str();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
         "/debug/pprof" | "/debug/pprof/" => index(stream, shared),
@@ -332,18 +499,9 @@ fn send_profile(stream: &mut TcpStream, profile: &Profile, name: &str) {
 }
 
 fn window(stream: &mut TcpStream, shared: &Shared, query: &str, svg: bool) {
-    let seconds = match query_param(query, "seconds") {
-        None => 30,
-        Some(s) => match s.parse::<u64>() {
-            Ok(n) if (1..=300).contains(&n) => n,
-            _ => {
-                return error_response(
-                    stream,
-                    400,
-                    &format!("seconds must be a whole number from 1 to 300, not {s:?}"),
-                )
-            }
-        },
+    let seconds = match window_seconds(query) {
+        Ok(n) => n,
+        Err(message) => return error_response(stream, 400, &message),
     };
     let tag = match query_param(query, "tag") {
         None => None,
@@ -473,5 +631,85 @@ mod tests {
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+
+    fn parsed(raw: &str) -> Result<Option<Head>, u16> {
+        parse_head(raw.as_bytes()).map(|h| h.map(|(head, _)| head))
+    }
+
+    #[test]
+    fn request_heads_are_parsed_by_httparse() {
+        let head = parsed(
+            "GET /a?b=c HTTP/1.1\r\nAuthorization: Bearer x\r\nContent-Length: 3\r\n\r\nabc",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            head,
+            Head {
+                method: "GET".into(),
+                target: "/a?b=c".into(),
+                authorization: Some(b"Bearer x".to_vec()),
+                content_length: 3,
+                transfer_encoding: false,
+            }
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\n\r\nabc").unwrap().unwrap().1,
+            18
+        );
+        assert_eq!(parsed("GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+        assert_eq!(parsed("GET / HTTP/1.1\r\nHo st: x\r\n\r\n"), Err(400));
+        assert_eq!(parsed("GET / HTTP/9.1\r\n\r\n"), Err(400));
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(parsed(&many), Err(431));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(MAX_HEAD));
+        assert_eq!(parsed(&long), Err(431));
+        let two = "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parsed(two), Err(400));
+        assert_eq!(
+            parsed("GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            Err(400)
+        );
+        let chunked = parsed("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(chunked.unwrap().unwrap().transfer_encoding);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER  s3cret ",
+            " Bearer\ts3cret",
+        ] {
+            assert_eq!(bearer_token(v.as_bytes()), Some(&b"s3cret"[..]), "{v:?}");
+        }
+        assert_eq!(bearer_token(b"Basic czNjcmV0"), None);
+        assert_eq!(bearer_token(b"Bearers3cret"), None);
+        assert_eq!(bearer_token(b"Bearer"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn seconds_is_read_as_go_reads_it() {
+        for (query, want) in [
+            ("", 30),
+            ("seconds=", 30),
+            ("seconds=abc", 30),
+            ("seconds=0", 30),
+            ("seconds=-5", 30),
+            ("seconds=1.5", 30),
+            ("seconds=99999999999999999999", 30),
+            ("seconds=1", 1),
+            ("seconds=%2B7", 7),
+            ("tag=x&seconds=300", 300),
+        ] {
+            assert_eq!(window_seconds(query), Ok(want), "{query}");
+        }
+        let err = window_seconds("seconds=301").unwrap_err();
+        assert!(err.contains("maximum of 300"), "{err}");
     }
 }
