@@ -198,6 +198,8 @@ pub struct Stats {
     pub dumps: u64,
     /// Dumps in which a file could not be written.
     pub failed_dumps: u64,
+    /// HTTP profile windows open now.
+    pub open_windows: usize,
 }
 
 /// Always all zero.

@@ -403,6 +403,73 @@ fn more_than_four_windows_get_429() {
     );
 }
 
+/// Waits until `threadprof::stats().open_windows` is `n`; how long that took.
+fn open_windows_reach(n: usize) -> Duration {
+    let t = Instant::now();
+    while threadprof::stats().open_windows != n {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} windows open, not {n}",
+            threadprof::stats().open_windows
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    t.elapsed()
+}
+
+/// Closes `s` with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a correctly sized option value that outlives the call.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    drop(s);
+}
+
+#[test]
+fn aborted_windows_are_removed_at_once_and_free_their_slots() {
+    let addr = server();
+    let _serial = windows_lock();
+    open_windows_reach(0);
+    let ask = || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /debug/pprof/profile?seconds=300 HTTP/1.1\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let mut slowest = Duration::ZERO;
+    // 5 rounds of 4 aborted 300 s windows, the clients closing or resetting the connection.
+    for round in 0..5 {
+        let clients: Vec<TcpStream> = (0..4).map(|_| ask()).collect();
+        open_windows_reach(4);
+        for c in clients {
+            if round % 2 == 1 {
+                reset(c);
+            } else {
+                drop(c);
+            }
+        }
+        slowest = slowest.max(open_windows_reach(0));
+    }
+    println!("20 aborted windows: 0 open, each round gone within {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    // The slots of the 4 aborted windows are free: a fifth request is served, not 429.
+    let r = get(addr, "/debug/pprof/profile?seconds=1");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(threadprof::stats().open_windows, 0);
+}
+
 #[test]
 fn a_silent_client_neither_blocks_others_nor_stays_forever() {
     let addr = server();

@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +40,10 @@ pub const MAX_WINDOW_SECONDS: u64 = 300;
 const DEFAULT_WINDOW_SECONDS: u64 = 30;
 /// Longest wait for the dump thread to answer (a window adds its own length).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a handler waiting out a window checks whether its client is still there.
+const PEER_CHECK: Duration = Duration::from_millis(100);
+/// Bytes a client may send after its request while a window runs (they are discarded).
+const MAX_EXTRA_INPUT: usize = 64 * 1024;
 
 static LOCAL_ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
 
@@ -54,6 +58,7 @@ struct Shared {
     token: Option<String>,
     connections: AtomicUsize,
     windows: AtomicUsize,
+    next_window: AtomicU64,
 }
 
 /// Binds `addr` and serves from a thread named `threadprof-http`. A bind failure, an empty
@@ -108,6 +113,7 @@ pub(crate) fn serve(rt: &'static Runtime, addr: &str, commands: Sender<Command>)
         token: rt.config.http_token.clone(),
         connections: AtomicUsize::new(0),
         windows: AtomicUsize::new(0),
+        next_window: AtomicU64::new(1),
     });
     let spawned = std::thread::Builder::new()
         .name("threadprof-http".into())
@@ -498,6 +504,70 @@ fn send_profile(stream: &mut TcpStream, profile: &Profile, name: &str) {
     }
 }
 
+/// One of the [`MAX_WINDOWS`] window slots, held while a window runs. Dropped with a window
+/// still open (the client left, or the handler panicked), it cancels the window at the dump
+/// thread; either way it frees the slot.
+struct WindowSlot<'a> {
+    shared: &'a Shared,
+    open: Option<u64>,
+}
+
+impl<'a> WindowSlot<'a> {
+    /// A slot, or `None` when [`MAX_WINDOWS`] are taken.
+    fn take(shared: &'a Shared) -> Option<WindowSlot<'a>> {
+        if shared.windows.fetch_add(1, Ordering::AcqRel) >= MAX_WINDOWS {
+            shared.windows.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(WindowSlot { shared, open: None })
+    }
+}
+
+impl Drop for WindowSlot<'_> {
+    fn drop(&mut self) {
+        // Free the slot first: once the dump thread has dropped the window, the slot is free.
+        self.shared.windows.fetch_sub(1, Ordering::AcqRel);
+        if let Some(id) = self.open.take() {
+            let _ = self.shared.commands.send(Command::CancelWindow(id));
+        }
+    }
+}
+
+/// Waits `length` while watching the client every [`PEER_CHECK`]: false as soon as it closed
+/// or reset the connection (as Go's server, a client that shuts down its sending side counts
+/// as gone), or sent more than [`MAX_EXTRA_INPUT`] bytes after its request.
+fn client_stays(stream: &mut TcpStream, length: Duration) -> bool {
+    let end = Instant::now() + length;
+    let mut chunk = [0u8; 1024];
+    let mut extra = 0;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        if stream.set_read_timeout(Some(left.min(PEER_CHECK))).is_err() {
+            return false;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => {
+                extra += n;
+                if extra > MAX_EXTRA_INPUT {
+                    return false;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 fn window(stream: &mut TcpStream, shared: &Shared, query: &str, svg: bool) {
     let seconds = match window_seconds(query) {
         Ok(n) => n,
@@ -510,24 +580,30 @@ fn window(stream: &mut TcpStream, shared: &Shared, query: &str, svg: bool) {
             None => return error_response(stream, 400, &format!("unknown tag {t:?}")),
         },
     };
-    if shared.windows.fetch_add(1, Ordering::AcqRel) >= MAX_WINDOWS {
-        shared.windows.fetch_sub(1, Ordering::AcqRel);
+    let Some(mut slot) = WindowSlot::take(shared) else {
         return error_response(
             stream,
             429,
             "too many profile requests in flight; try again later",
         );
+    };
+    let id = shared.next_window.fetch_add(1, Ordering::Relaxed);
+    if shared
+        .commands
+        .send(Command::OpenWindow(id, tag.as_ref().map(|t| t.0)))
+        .is_err()
+    {
+        return error_response(stream, 503, "the profiler is shutting down or stopped");
     }
-    let profile = (|| {
-        let id = ask(
-            shared,
-            |tx| Command::OpenWindow(tag.as_ref().map(|t| t.0), tx),
-            ANSWER_TIMEOUT,
-        )?;
-        std::thread::sleep(Duration::from_secs(seconds));
-        ask(shared, |tx| Command::CloseWindow(id, tx), ANSWER_TIMEOUT)
-    })();
-    shared.windows.fetch_sub(1, Ordering::AcqRel);
+    slot.open = Some(id);
+    if !client_stays(stream, Duration::from_secs(seconds)) {
+        // Dropping the slot cancels the window and frees the slot now, not when it would end.
+        log::debug!("a profile request's client left; its window is cancelled");
+        return;
+    }
+    slot.open = None;
+    let profile = ask(shared, |tx| Command::CloseWindow(id, tx), ANSWER_TIMEOUT);
+    drop(slot);
     let Some(profile) = profile else {
         return error_response(stream, 503, "the profiler is shutting down or stopped");
     };

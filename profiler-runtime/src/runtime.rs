@@ -316,6 +316,9 @@ pub struct Stats {
     pub dumps: u64,
     /// Dumps in which at least one file could not be written (each also logged as an error).
     pub failed_dumps: u64,
+    /// HTTP profile windows open now (always 0 without the `http` feature). A window whose
+    /// requester disconnected is removed within about 0.1 s.
+    pub open_windows: usize,
 }
 
 /// The profiler's counters now (all zero before the runtime starts).
@@ -330,5 +333,6 @@ pub fn stats() -> Stats {
         live_threads,
         dumps: rt.dumps.written.load(Ordering::Relaxed),
         failed_dumps: rt.dumps.failed.load(Ordering::Relaxed),
+        open_windows: rt.dumps.open_windows.load(Ordering::Relaxed),
     }
 }
