@@ -196,6 +196,7 @@ fn every_bad_request_gets_its_status() {
         ("/profiles/../../etc/passwd", 404),
         ("/debug/pprof/profile?seconds=301", 400),
         ("/debug/pprof/profile?seconds=1&tag=no_such_tag", 400),
+        ("/debug/fgprof?seconds=1", 404),
     ] {
         let r = get(addr, path);
         let body = String::from_utf8_lossy(&r.body);
@@ -204,6 +205,11 @@ fn every_bad_request_gets_its_status() {
         assert_eq!(r.header("X-Go-Pprof"), Some("1"), "{path}");
         assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
     }
+    let r = get(addr, "/debug/fgprof");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("wall-clock sampling is off"),
+        "says why"
+    );
     let r = get(addr, "/debug/pprof/profile?seconds=301");
     assert!(
         String::from_utf8_lossy(&r.body).contains("maximum of 300"),
@@ -580,6 +586,20 @@ fn go_tool_pprof_reads_the_endpoint() {
         !text.contains("http_hot_b"),
         "tagfocus keeps other threads out: {text}"
     );
+    // An error's reason reaches the user (X-Go-Pprof), not only its status.
+    let out = std::process::Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(format!("http://{addr}/debug/fgprof"))
+        .env("HOME", home.path())
+        .env("PPROF_TMPDIR", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("404 Not Found - wall-clock sampling is off"),
+        "{stderr}"
+    );
 }
 
 // ---- child processes: token, bind failure
@@ -808,4 +828,188 @@ fn a_non_loopback_address_needs_a_token_or_an_opt_in() {
     let (out, err) = config_child("open-token", &[]);
     assert_eq!(printed(&out, "STATUS"), "401", "{out}");
     assert!(errors_in(&err).is_empty(), "{err}");
+}
+
+/// A registered thread that sleeps in short naps until `stop` is set.
+fn napper(tag: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    threadprof::spawn(tag, move || {
+        let mut naps = 0;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            naps += 1;
+        }
+        naps
+    })
+}
+
+fn types_of(p: &Profile) -> String {
+    p.sample_type
+        .iter()
+        .map(|t| format!("{}/{}", p.string(t.r#type), p.string(t.unit)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Sum of sample type `ty` over the samples of tag `tag` (and `state`, if given), in seconds
+/// for time types.
+fn total(p: &Profile, ty: &str, tag: &str, state: Option<&str>) -> f64 {
+    let i = p.sample_type_index(ty).unwrap();
+    let sum: i64 = p
+        .sample
+        .iter()
+        .filter(|s| p.label_str(s, "tag") == Some(tag))
+        .filter(|s| state.is_none_or(|st| p.label_str(s, "state") == Some(st)))
+        .map(|s| s.value[i])
+        .sum();
+    if ty == "samples" {
+        sum as f64
+    } else {
+        sum as f64 / 1e9
+    }
+}
+
+#[test]
+fn child_cpu_and_wall_apart() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let _p = threadprof::Profiler::builder()
+        .http_addr("127.0.0.1:0")
+        .frequency(199)
+        .wall_frequency(99)
+        .output_dir(std::env::var("THREADPROF_DIR").unwrap())
+        .start()
+        .unwrap();
+    let addr = threadprof::http_local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy_thread = busy("apart_busy", http_hot_a, stop.clone());
+    let sleeper = napper("apart_nap", stop.clone());
+    while threadprof::live_threads().len() < 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Symbolize once first: in a debug build that takes a while on the dump thread, and would
+    // lengthen the second window that closes.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(addr, "/profiles/_merged.pb.gz").status, 200);
+    let (cpu, wall) = std::thread::scope(|s| {
+        let cpu = s.spawn(|| get(addr, "/debug/pprof/profile?seconds=2"));
+        let wall = s.spawn(|| get(addr, "/debug/fgprof?seconds=2"));
+        (cpu.join().unwrap(), wall.join().unwrap())
+    });
+    let go = std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok();
+    let mut go_read = Vec::new();
+    if go {
+        let home = tempfile::tempdir().unwrap();
+        for path in ["/debug/pprof/profile", "/debug/fgprof"] {
+            let out = std::process::Command::new("go")
+                .args(["tool", "pprof", "-top", "-seconds", "1"])
+                .arg(format!("http://{addr}{path}"))
+                .env("HOME", home.path())
+                .env("PPROF_TMPDIR", home.path())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The CPU profile's top rows are the busy loop's, the wall one's the naps'.
+            let wanted = if path.contains("fgprof") {
+                "sleep"
+            } else {
+                "http_hot_a"
+            };
+            assert!(text.contains(wanted), "{path}: {text}");
+            go_read.push(path);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    black_box((busy_thread.join().unwrap(), sleeper.join().unwrap()));
+    assert_eq!((cpu.status, wall.status), (200, 200));
+    let cpu = decode_gz(&cpu.body).unwrap();
+    let wall = decode_gz(&wall.body).unwrap();
+    let states = |p: &Profile| {
+        p.sample
+            .iter()
+            .filter(|s| p.label_str(s, "state").is_some())
+            .count()
+    };
+    let cpu_period = cpu.period as f64 / 1e9;
+    println!("CPU_TYPES {}", types_of(&cpu));
+    println!("CPU_STATES {}", states(&cpu));
+    println!(
+        "CPU_COUNT_X_PERIOD_OVER_CPU {:.3}",
+        total(&cpu, "samples", "apart_busy", None) * cpu_period
+            / total(&cpu, "cpu", "apart_busy", None)
+    );
+    println!("CPU_OF_NAPPER {:.3}", total(&cpu, "cpu", "apart_nap", None));
+    println!("WALL_TYPES {}", types_of(&wall));
+    println!(
+        "WALL_PERIOD {} {}",
+        wall.period_type.map_or("", |t| wall.string(t.r#type)),
+        wall.period
+    );
+    println!(
+        "WALL_NAP {:.2} {:.2}",
+        total(&wall, "wall", "apart_nap", Some("waiting")),
+        total(&wall, "wall", "apart_busy", Some("running"))
+    );
+    println!(
+        "GO_READ {}",
+        if go {
+            go_read.join(",")
+        } else {
+            "SKIPPED".into()
+        }
+    );
+    std::process::exit(0);
+}
+
+#[test]
+fn cpu_and_wall_windows_are_served_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = run_child("child_cpu_and_wall_apart", dir.path());
+    println!("{stdout}");
+    // The CPU window is Go's CPU profile: no wall column, no wall sample, and its
+    // samples/count are CPU periods only.
+    assert_eq!(
+        printed(&stdout, "CPU_TYPES"),
+        "samples/count,cpu/nanoseconds"
+    );
+    assert_eq!(printed(&stdout, "CPU_STATES"), "0");
+    assert_eq!(printed(&stdout, "CPU_COUNT_X_PERIOD_OVER_CPU"), "1.000");
+    let napper_cpu: f64 = printed(&stdout, "CPU_OF_NAPPER").parse().unwrap();
+    assert!(napper_cpu < 0.1, "{stdout}");
+    // The wall window has the wall column only, state labels, and about 2 s per thread (the
+    // window closes when the dump thread gets to it, after the CPU window's profile is built).
+    assert_eq!(
+        printed(&stdout, "WALL_TYPES"),
+        "samples/count,wall/nanoseconds"
+    );
+    assert_eq!(
+        printed(&stdout, "WALL_PERIOD"),
+        format!("wall {}", 1_000_000_000 / 99)
+    );
+    let nap: Vec<f64> = printed(&stdout, "WALL_NAP")
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        (1.5..2.5).contains(&nap[0]),
+        "waiting wall of the napper: {stdout}"
+    );
+    assert!(
+        (1.5..2.5).contains(&nap[1]),
+        "running wall of the busy thread: {stdout}"
+    );
+    let go = printed(&stdout, "GO_READ");
+    if go == "SKIPPED" {
+        println!("SKIPPED the go tool pprof part: `go` is not installed");
+    } else {
+        assert_eq!(go, "/debug/pprof/profile,/debug/fgprof");
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::aggregate::{Aggregator, DrainStats, Periods, Window};
+use crate::aggregate::{Aggregator, DrainStats, Periods, View, Window};
 use crate::diagnostics::{error, warn};
 use crate::objects;
 use crate::pprof::{encode_gz, Profile};
@@ -58,9 +58,9 @@ pub(crate) enum Command {
     /// or of one tag id.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     OpenWindow(u64, Option<u32>),
-    /// End a window and reply with its profile.
+    /// End a window and reply with its profile, holding the samples of one view.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    CloseWindow(u64, Sender<Profile>),
+    CloseWindow(u64, View, Sender<Profile>),
     /// Drop a window whose requester gave up (disconnected, timed out); no reply. Sent after
     /// its `OpenWindow` by the same thread, so it is never seen first.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
@@ -203,13 +203,13 @@ impl DumpState {
                 self.windows.insert(id, Window { aggregator, tag });
                 self.count_windows();
             }
-            Command::CloseWindow(id, reply) => {
+            Command::CloseWindow(id, view, reply) => {
                 if let Some(w) = self.windows.remove(&id) {
                     self.count_windows();
                     let (objects, _) = objects::loaded_objects(false);
                     let p = w
                         .aggregator
-                        .to_profile(None, &name, &mut self.symbols, &objects);
+                        .to_profile(None, view, &name, &mut self.symbols, &objects);
                     let _ = reply.send(p);
                 }
             }
@@ -219,9 +219,9 @@ impl DumpState {
             }
             Command::Cumulative(tag, reply) => {
                 let (objects, _) = objects::loaded_objects(false);
-                let p = self
-                    .aggregator
-                    .to_profile(tag, &name, &mut self.symbols, &objects);
+                let p =
+                    self.aggregator
+                        .to_profile(tag, View::All, &name, &mut self.symbols, &objects);
                 let _ = reply.send(p);
             }
             Command::Counts(reply) => {
@@ -339,9 +339,9 @@ impl DumpState {
             if INJECT_PANIC.swap(false, Ordering::SeqCst) {
                 panic!("injected dump panic (test hook)");
             }
-            let profile = self
-                .aggregator
-                .to_profile(only, &name, &mut self.symbols, &objects);
+            let profile =
+                self.aggregator
+                    .to_profile(only, View::All, &name, &mut self.symbols, &objects);
             let result = encode_gz(&profile).and_then(|bytes| write_atomic(dir, &file, &bytes));
             if let Err(e) = result {
                 failures.push(format!("{file}: {e}"));

@@ -15,6 +15,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::aggregate::View;
 use crate::diagnostics::error;
 use crate::dump::Command;
 use crate::pprof::{encode_gz, Profile};
@@ -465,8 +466,15 @@ fn handle(stream: &mut TcpStream, shared: &Shared) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
         "/debug/pprof" | "/debug/pprof/" => index(stream, shared),
-        "/debug/pprof/profile" => window(stream, shared, query, false),
-        "/debug/pprof/flamegraph" => window(stream, shared, query, true),
+        "/debug/pprof/profile" => window(stream, shared, query, View::Cpu, false),
+        "/debug/pprof/flamegraph" => window(stream, shared, query, View::Cpu, true),
+        "/debug/fgprof" if shared.rt.config.wall_frequency == 0 => error_response(
+            stream,
+            404,
+            "wall-clock sampling is off, so there is no wall profile to serve; turn it on with \
+             THREADPROF_WALL_FREQUENCY=99",
+        ),
+        "/debug/fgprof" => window(stream, shared, query, View::Wall, false),
         _ => match path
             .strip_prefix("/profiles/")
             .and_then(|f| f.strip_suffix(".pb.gz"))
@@ -568,7 +576,9 @@ fn client_stays(stream: &mut TcpStream, length: Duration) -> bool {
     }
 }
 
-fn window(stream: &mut TcpStream, shared: &Shared, query: &str, svg: bool) {
+/// Serves a window of `seconds` (see [`window_seconds`]): the samples of `view` taken while it
+/// runs, as a gzipped pprof profile or, with `svg`, a flame graph.
+fn window(stream: &mut TcpStream, shared: &Shared, query: &str, view: View, svg: bool) {
     let seconds = match window_seconds(query) {
         Ok(n) => n,
         Err(message) => return error_response(stream, 400, &message),
@@ -602,12 +612,21 @@ fn window(stream: &mut TcpStream, shared: &Shared, query: &str, svg: bool) {
         return;
     }
     slot.open = None;
-    let profile = ask(shared, |tx| Command::CloseWindow(id, tx), ANSWER_TIMEOUT);
+    let profile = ask(
+        shared,
+        |tx| Command::CloseWindow(id, view, tx),
+        ANSWER_TIMEOUT,
+    );
     drop(slot);
     let Some(profile) = profile else {
         return error_response(stream, 503, "the profiler is shutting down or stopped");
     };
-    let name = tag.map_or_else(|| "profile".to_owned(), |t| t.1);
+    let name = match (tag, view) {
+        (Some(t), View::Wall) => format!("{}.wall", t.1),
+        (Some(t), _) => t.1,
+        (None, View::Wall) => "fgprof".to_owned(),
+        (None, _) => "profile".to_owned(),
+    };
     if svg {
         let title = format!("{name}: CPU, {seconds} s");
         let sel = crate::flame::Selection {
@@ -652,10 +671,15 @@ fn html_escape(s: &str) -> String {
 fn index(stream: &mut TcpStream, shared: &Shared) {
     let counts = ask(shared, Command::Counts, ANSWER_TIMEOUT).unwrap_or_default();
     let live = shared.rt.registry.live_threads();
-    let mut html = String::from(
+    let wall_link = if shared.rt.config.wall_frequency > 0 {
+        "<a href=\"/debug/fgprof?seconds=30\">wall-clock profile, next 30 s</a> · "
+    } else {
+        ""
+    };
+    let mut html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>threadprof</title></head><body>\
          <h1>threadprof</h1><p><a href=\"/debug/pprof/profile?seconds=30\">CPU profile, next 30 s (all tags)</a> · \
-         <a href=\"/debug/pprof/flamegraph?seconds=10\">flame graph, next 10 s</a> · \
+         {wall_link}<a href=\"/debug/pprof/flamegraph?seconds=10\">flame graph, next 10 s</a> · \
          <a href=\"/profiles/_merged.pb.gz\">cumulative, all tags</a></p>\
          <table border=\"1\" cellpadding=\"4\"><tr><th>tag</th><th>samples so far</th><th>live threads</th><th>links</th></tr>",
     );
