@@ -2,11 +2,15 @@
 //!
 //! GET-only HTTP/1.1 with `Connection: close`, written on std sockets because the small
 //! blocking servers available (tiny_http 0.12) have no per-connection time-outs and stop
-//! accepting after one accept error, and hyper would force an async runtime on the host. Every
-//! connection gets read and write time-outs; at most [`MAX_CONNECTIONS`] are served at once
-//! (others get 503) and at most [`MAX_WINDOWS`] profile windows run at once (others get 429).
-//! Profiles come from the dump thread through commands; no path from a request reaches the file
-//! system, and nothing here touches the signal handler.
+//! accepting after one accept error, and hyper would force an async runtime on the host. The
+//! request head is parsed by httparse and must arrive whole within [`HEAD_DEADLINE`], however
+//! slowly it trickles; a body up to [`MAX_BODY`] is drained, a larger one refused. At most
+//! [`MAX_CONNECTIONS`] connections are served at once (others get 503) and at most
+//! [`MAX_WINDOWS`] profile windows run at once (others get 429); a window whose client leaves is
+//! cancelled at once and frees its slot. `/debug/pprof/profile` holds CPU samples only, as Go's
+//! CPU profile; wall-clock windows are served apart at `/debug/fgprof`. Profiles come from the
+//! dump thread through commands; no path from a request reaches the file system, and nothing
+//! here touches the signal handler.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
