@@ -23,6 +23,8 @@ pub struct Config {
     pub http_addr: Option<String>,
     /// HTTP bearer token (never used with the feature off).
     pub http_token: Option<String>,
+    /// Serve a non-loopback address without a token (never used with the feature off).
+    pub http_allow_unauthenticated: bool,
 }
 
 /// Why the profiler could not start (never happens with the feature off).
@@ -105,6 +107,10 @@ impl ProfilerBuilder {
     pub fn http_token(self, _token: impl Into<String>) -> Self {
         self
     }
+    /// No effect with the feature off.
+    pub fn http_allow_unauthenticated(self) -> Self {
+        self
+    }
     /// Returns an inert handle.
     pub fn start(self) -> Result<Profiler, StartError> {
         Ok(Profiler {
@@ -116,6 +122,7 @@ impl ProfilerBuilder {
                 wall_frequency: 0,
                 http_addr: None,
                 http_token: None,
+                http_allow_unauthenticated: false,
             },
         })
     }
@@ -193,6 +200,8 @@ pub struct Stats {
     pub dumps: u64,
     /// Dumps in which a file could not be written.
     pub failed_dumps: u64,
+    /// HTTP profile windows open now.
+    pub open_windows: usize,
 }
 
 /// Always all zero.

@@ -41,15 +41,33 @@ fn server() -> SocketAddr {
 
 struct Response {
     status: u16,
+    /// Header lines after the status line, as sent.
+    head: String,
     body: Vec<u8>,
 }
 
+impl Response {
+    /// The value of header `name` (case-insensitive), if present.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    }
+}
+
 fn request(addr: SocketAddr, raw: &str) -> Response {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
+    try_request(addr, raw).unwrap()
+}
+
+fn try_request(addr: SocketAddr, raw: &str) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(raw.as_bytes())?;
     let mut bytes = Vec::new();
-    s.read_to_end(&mut bytes).unwrap();
+    s.read_to_end(&mut bytes)?;
     let split = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -60,10 +78,11 @@ fn request(addr: SocketAddr, raw: &str) -> Response {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status");
-    Response {
+    Ok(Response {
         status,
         body: bytes[split + 4..].to_vec(),
-    }
+        head,
+    })
 }
 
 fn get(addr: SocketAddr, path: &str) -> Response {
@@ -175,32 +194,192 @@ fn every_bad_request_gets_its_status() {
         ("/nope", 404),
         ("/profiles/no_such_tag.pb.gz", 404),
         ("/profiles/../../etc/passwd", 404),
-        ("/debug/pprof/profile?seconds=0", 400),
         ("/debug/pprof/profile?seconds=301", 400),
-        ("/debug/pprof/profile?seconds=abc", 400),
         ("/debug/pprof/profile?seconds=1&tag=no_such_tag", 400),
+        ("/debug/fgprof?seconds=1", 404),
     ] {
         let r = get(addr, path);
-        assert_eq!(
-            r.status,
-            status,
-            "{path}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
-        assert_eq!(
-            r.body.iter().filter(|&&b| b == b'\n').count(),
-            1,
-            "one-line body for {path}"
-        );
+        let body = String::from_utf8_lossy(&r.body);
+        assert_eq!(r.status, status, "{path}: {body}");
+        assert_eq!(body.matches('\n').count(), 1, "one-line body for {path}");
+        assert_eq!(r.header("X-Go-Pprof"), Some("1"), "{path}");
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
     }
-    let r = request(
-        addr,
-        "POST /debug/pprof/profile HTTP/1.1\r\nHost: x\r\n\r\n",
+    let r = get(addr, "/debug/fgprof");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("wall-clock sampling is off"),
+        "says why"
     );
-    assert_eq!(r.status, 405);
+    let r = get(addr, "/debug/pprof/profile?seconds=301");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("maximum of 300"),
+        "names the maximum"
+    );
     let index = get(addr, "/debug/pprof/");
     assert_eq!(index.status, 200);
+    assert_eq!(index.header("X-Content-Type-Options"), Some("nosniff"));
+    assert_eq!(index.header("X-Go-Pprof"), None);
     assert!(String::from_utf8_lossy(&index.body).contains("http_known"));
+}
+
+#[test]
+fn methods_and_request_bodies_are_handled_as_http_says() {
+    let addr = server();
+    for method in ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"] {
+        let r = request(
+            addr,
+            &format!("{method} /debug/pprof/profile HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+        );
+        assert_eq!(
+            (r.status, r.header("Allow")),
+            (405, Some("GET")),
+            "{method}"
+        );
+        assert_eq!(r.header("X-Go-Pprof"), Some("1"));
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
+    }
+    // A GET with a small body: the body is drained and the request served.
+    let body = "x".repeat(8 * 1024);
+    let r = request(
+        addr,
+        &format!(
+            "GET /debug/pprof/ HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Above 8 KiB: 413 without reading it; of unknown length: 411.
+    let r = request(
+        addr,
+        "GET /debug/pprof/ HTTP/1.1\r\nContent-Length: 8193\r\n\r\n",
+    );
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("X-Go-Pprof"), Some("1"));
+    let r = request(
+        addr,
+        "GET /debug/pprof/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 411);
+    // Malformed heads are refused by the parser.
+    for raw in [
+        "GET /debug/pprof/ HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        "GET /debug/pprof/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        "GARBAGE\r\n\r\n",
+    ] {
+        assert_eq!(request(addr, raw).status, 400, "{raw:?}");
+    }
+}
+
+/// Sends a request head one byte every 4 s; returns how long until the server answered, and
+/// the answer's first line.
+fn trickle(addr: SocketAddr) -> (Duration, String) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    let mut got = Vec::new();
+    for byte in b"GET /debug/pprof/ HTTP/1.1\r\nHost: x\r\n".iter().cycle() {
+        if s.write_all(&[*byte]).is_err() {
+            let _ = s.read_to_end(&mut got);
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let _ = s.read_to_end(&mut got);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    let first = String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (t.elapsed(), first)
+}
+
+#[test]
+fn a_trickling_client_is_cut_at_five_seconds() {
+    let addr = server();
+    let (took, first) = trickle(addr);
+    println!("a client sending a byte every 4 s was answered after {took:?}: {first}");
+    assert!(first.starts_with("HTTP/1.1 408"), "{first:?}");
+    assert!(
+        (Duration::from_millis(4900)..Duration::from_millis(6500)).contains(&took),
+        "cut after {took:?}, not at 5 s"
+    );
+}
+
+#[test]
+fn child_trickling_clients() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let _p = threadprof::Profiler::builder()
+        .http_addr("127.0.0.1:0")
+        .output_dir(std::env::var("THREADPROF_DIR").unwrap())
+        .start()
+        .unwrap();
+    let addr = threadprof::http_local_addr().unwrap();
+    let t = Instant::now();
+    let clients: Vec<_> = (0..24)
+        .map(|_| std::thread::spawn(move || trickle(addr)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = 0;
+    let served_after = loop {
+        // A refused connection may also be reset before its 503 is read.
+        let raw = "GET /debug/pprof/ HTTP/1.1\r\n\r\n";
+        match try_request(addr, raw).map(|r| r.status) {
+            Ok(200) => break t.elapsed(),
+            Ok(503) | Err(_) => refused += 1,
+            Ok(other) => panic!("status {other}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "never served");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let answers: Vec<(Duration, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let cut = answers
+        .iter()
+        .filter(|(_, a)| a.starts_with("HTTP/1.1 408"))
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|(_, a)| a.starts_with("HTTP/1.1 503"))
+        .count();
+    println!(
+        "SERVED_AFTER {:.2} REFUSED {refused} CUT {cut} BUSY {busy}",
+        served_after.as_secs_f64()
+    );
+    std::process::exit(0);
+}
+
+#[test]
+fn trickling_clients_cannot_lock_others_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = run_child("child_trickling_clients", dir.path());
+    let line = printed(&stdout, "SERVED_AFTER");
+    println!("24 clients sending a byte every 4 s, then a 25th: {line}");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let served_after: f64 = fields[0].parse().unwrap();
+    let refused: u32 = fields[2].parse().unwrap();
+    // The 16 connection slots were full (the 25th was refused at first) ...
+    assert!(refused > 0, "{line}");
+    assert_eq!(fields[4..], ["16", "BUSY", "8"], "{line}");
+    // ... for no longer than the 5 s head deadline.
+    assert!(
+        served_after < 6.0,
+        "locked out for {served_after} s: {line}"
+    );
 }
 
 #[test]
@@ -228,6 +407,73 @@ fn more_than_four_windows_get_429() {
         4,
         "{statuses:?}"
     );
+}
+
+/// Waits until `threadprof::stats().open_windows` is `n`; how long that took.
+fn open_windows_reach(n: usize) -> Duration {
+    let t = Instant::now();
+    while threadprof::stats().open_windows != n {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} windows open, not {n}",
+            threadprof::stats().open_windows
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    t.elapsed()
+}
+
+/// Closes `s` with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a correctly sized option value that outlives the call.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    drop(s);
+}
+
+#[test]
+fn aborted_windows_are_removed_at_once_and_free_their_slots() {
+    let addr = server();
+    let _serial = windows_lock();
+    open_windows_reach(0);
+    let ask = || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /debug/pprof/profile?seconds=300 HTTP/1.1\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let mut slowest = Duration::ZERO;
+    // 5 rounds of 4 aborted 300 s windows, the clients closing or resetting the connection.
+    for round in 0..5 {
+        let clients: Vec<TcpStream> = (0..4).map(|_| ask()).collect();
+        open_windows_reach(4);
+        for c in clients {
+            if round % 2 == 1 {
+                reset(c);
+            } else {
+                drop(c);
+            }
+        }
+        slowest = slowest.max(open_windows_reach(0));
+    }
+    println!("20 aborted windows: 0 open, each round gone within {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    // The slots of the 4 aborted windows are free: a fifth request is served, not 429.
+    let r = get(addr, "/debug/pprof/profile?seconds=1");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(threadprof::stats().open_windows, 0);
 }
 
 #[test]
@@ -340,6 +586,20 @@ fn go_tool_pprof_reads_the_endpoint() {
         !text.contains("http_hot_b"),
         "tagfocus keeps other threads out: {text}"
     );
+    // An error's reason reaches the user (X-Go-Pprof), not only its status.
+    let out = std::process::Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(format!("http://{addr}/debug/fgprof"))
+        .env("HOME", home.path())
+        .env("PPROF_TMPDIR", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("404 Not Found - wall-clock sampling is off"),
+        "{stderr}"
+    );
 }
 
 // ---- child processes: token, bind failure
@@ -357,18 +617,28 @@ fn child_token() {
         .unwrap();
     let addr = threadprof::http_local_addr().unwrap();
     let path = "/debug/pprof/";
-    let none = get(addr, path).status;
-    let wrong = request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n"),
-    )
-    .status;
-    let right = request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nauthorization: Bearer s3cret\r\n\r\n"),
-    )
-    .status;
-    println!("TOKEN none={none} wrong={wrong} right={right}");
+    let none = get(addr, path);
+    let with = |value: &str| {
+        request(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nauthorization: {value}\r\n\r\n"),
+        )
+        .status
+    };
+    let wrong = with("Bearer nope");
+    let right = with("Bearer s3cret");
+    let lower = with("bearer s3cret");
+    let upper = with("BEARER s3cret");
+    let basic = with("Basic s3cret");
+    println!(
+        "TOKEN none={} wrong={wrong} right={right} lower={lower} upper={upper} basic={basic}",
+        none.status
+    );
+    println!(
+        "CHALLENGE {:?} {:?}",
+        none.header("WWW-Authenticate"),
+        none.header("X-Go-Pprof")
+    );
     std::process::exit(0);
 }
 
@@ -392,14 +662,22 @@ fn child_bind_failure() {
 }
 
 fn run_child(test: &str, dir: &std::path::Path) -> (String, String) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+    run_child_with(test, dir, &[])
+}
+
+fn run_child_with(test: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> (String, String) {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env("THREADPROF_DIR", dir)
-        .env_remove("THREADPROF_HTTP_ADDR")
-        .env_remove("THREADPROF_HTTP_TOKEN")
-        .output()
-        .unwrap();
+        .env(CHILD, "1");
+    for var in threadprof_runtime::config::ENV_VARS {
+        command.env_remove(var);
+    }
+    command.env("THREADPROF_DIR", dir);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -416,8 +694,12 @@ fn a_token_is_required_when_set() {
     let dir = tempfile::tempdir().unwrap();
     let (stdout, _) = run_child("child_token", dir.path());
     assert!(
-        stdout.contains("TOKEN none=401 wrong=401 right=200"),
+        stdout.contains("TOKEN none=401 wrong=401 right=200 lower=200 upper=200 basic=401"),
         "{stdout}"
+    );
+    assert_eq!(
+        printed(&stdout, "CHALLENGE"),
+        r#"Some("Bearer realm=\"threadprof\"") Some("1")"#
     );
 }
 
@@ -436,4 +718,298 @@ fn a_bind_failure_is_logged_and_sampling_goes_on() {
     );
     let p = read_profile(&dir.path().join("still_sampled.pb.gz"));
     assert!(cpu_of(&p) > 0.0);
+}
+
+/// What the child of the configuration tests printed after `tag`, e.g. `SERVED`.
+fn printed<'a>(stdout: &'a str, tag: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.split(&format!("{tag} ")).nth(1))
+        .unwrap_or_else(|| panic!("child printed no {tag}: {stdout}"))
+}
+
+/// Starts the profiler as `THREADPROF_HTTP_TEST_MODE` says, prints whether a server started and
+/// the token in force, and the status of a request to it on 127.0.0.1 when one did.
+#[test]
+fn child_http_config() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let mode = std::env::var("THREADPROF_HTTP_TEST_MODE").unwrap();
+    let b = threadprof::Profiler::builder().output_dir(std::env::var("THREADPROF_DIR").unwrap());
+    let b = match mode.as_str() {
+        "builder-empty" => b.http_addr("127.0.0.1:0").http_token(""),
+        "code-token" => b.http_addr("127.0.0.1:0").http_token("s3cret"),
+        "open" => b.http_addr("0.0.0.0:0"),
+        "open-builder-opt-in" => b.http_addr("0.0.0.0:0").http_allow_unauthenticated(),
+        "open-token" => b.http_addr("0.0.0.0:0").http_token("s3cret"),
+        other => panic!("unknown mode {other}"),
+    };
+    let p = b.start().unwrap();
+    let served = threadprof::http_local_addr();
+    println!("SERVED {}", served.is_some());
+    println!("TOKEN {:?}", p.config().http_token);
+    if let Some(a) = served {
+        let local = SocketAddr::from(([127, 0, 0, 1], a.port()));
+        println!("STATUS {}", get(local, "/debug/pprof/").status);
+    }
+    std::process::exit(0);
+}
+
+fn config_child(mode: &str, env: &[(&str, &str)]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![("THREADPROF_HTTP_TEST_MODE", mode)];
+    all.extend_from_slice(env);
+    run_child_with("child_http_config", dir.path(), &all)
+}
+
+fn errors_in(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("threadprof: error"))
+        .collect()
+}
+
+#[test]
+fn an_empty_token_is_a_configuration_error_never_open_access() {
+    // `.http_token("")`: one error, no server.
+    let (out, err) = config_child("builder-empty", &[]);
+    assert_eq!(printed(&out, "SERVED"), "false", "{out}");
+    let errors = errors_in(&err);
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("http_token() is empty"), "{err}");
+    // `THREADPROF_HTTP_TOKEN=` with an address from the environment: the same.
+    let (out, err) = config_child(
+        "code-token",
+        &[
+            ("THREADPROF_HTTP_TOKEN", ""),
+            ("THREADPROF_HTTP_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    assert_eq!(printed(&out, "SERVED"), "false", "{out}");
+    // ... and the empty variable did not erase the token set in code.
+    assert_eq!(printed(&out, "TOKEN"), "Some(\"s3cret\")", "{out}");
+    let errors = errors_in(&err);
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("THREADPROF_HTTP_TOKEN is empty"),
+        "{err}"
+    );
+    // A real token in the environment replaces the one in code.
+    let (out, err) = config_child("code-token", &[("THREADPROF_HTTP_TOKEN", "other")]);
+    assert_eq!(printed(&out, "SERVED"), "true", "{out}");
+    assert_eq!(printed(&out, "STATUS"), "401", "{out}");
+    assert!(errors_in(&err).is_empty(), "{err}");
+}
+
+#[test]
+fn a_non_loopback_address_needs_a_token_or_an_opt_in() {
+    let (out, err) = config_child("open", &[]);
+    assert_eq!(printed(&out, "SERVED"), "false", "{out}");
+    let errors = errors_in(&err);
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("0.0.0.0:0") && errors[0].contains("not a loopback address"),
+        "{err}"
+    );
+    for (mode, env) in [
+        (
+            "open",
+            &[("THREADPROF_HTTP_ALLOW_UNAUTHENTICATED", "1")][..],
+        ),
+        ("open-builder-opt-in", &[][..]),
+    ] {
+        let (out, err) = config_child(mode, env);
+        assert_eq!(printed(&out, "SERVED"), "true", "{mode}: {out}");
+        assert_eq!(printed(&out, "STATUS"), "200", "{mode}: {out}");
+        assert!(errors_in(&err).is_empty(), "{mode}: {err}");
+    }
+    // With a token it starts, and the token is required.
+    let (out, err) = config_child("open-token", &[]);
+    assert_eq!(printed(&out, "STATUS"), "401", "{out}");
+    assert!(errors_in(&err).is_empty(), "{err}");
+}
+
+/// A registered thread that sleeps in short naps until `stop` is set.
+fn napper(tag: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    threadprof::spawn(tag, move || {
+        let mut naps = 0;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            naps += 1;
+        }
+        naps
+    })
+}
+
+fn types_of(p: &Profile) -> String {
+    p.sample_type
+        .iter()
+        .map(|t| format!("{}/{}", p.string(t.r#type), p.string(t.unit)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Sum of sample type `ty` over the samples of tag `tag` (and `state`, if given), in seconds
+/// for time types.
+fn total(p: &Profile, ty: &str, tag: &str, state: Option<&str>) -> f64 {
+    let i = p.sample_type_index(ty).unwrap();
+    let sum: i64 = p
+        .sample
+        .iter()
+        .filter(|s| p.label_str(s, "tag") == Some(tag))
+        .filter(|s| state.is_none_or(|st| p.label_str(s, "state") == Some(st)))
+        .map(|s| s.value[i])
+        .sum();
+    if ty == "samples" {
+        sum as f64
+    } else {
+        sum as f64 / 1e9
+    }
+}
+
+#[test]
+fn child_cpu_and_wall_apart() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let _p = threadprof::Profiler::builder()
+        .http_addr("127.0.0.1:0")
+        .frequency(199)
+        .wall_frequency(99)
+        .output_dir(std::env::var("THREADPROF_DIR").unwrap())
+        .start()
+        .unwrap();
+    let addr = threadprof::http_local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy_thread = busy("apart_busy", http_hot_a, stop.clone());
+    let sleeper = napper("apart_nap", stop.clone());
+    while threadprof::live_threads().len() < 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Symbolize once first: in a debug build that takes a while on the dump thread, and would
+    // lengthen the second window that closes.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(addr, "/profiles/_merged.pb.gz").status, 200);
+    let (cpu, wall) = std::thread::scope(|s| {
+        let cpu = s.spawn(|| get(addr, "/debug/pprof/profile?seconds=2"));
+        let wall = s.spawn(|| get(addr, "/debug/fgprof?seconds=2"));
+        (cpu.join().unwrap(), wall.join().unwrap())
+    });
+    let go = std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok();
+    let mut go_read = Vec::new();
+    if go {
+        let home = tempfile::tempdir().unwrap();
+        for path in ["/debug/pprof/profile", "/debug/fgprof"] {
+            let out = std::process::Command::new("go")
+                .args(["tool", "pprof", "-top", "-seconds", "1"])
+                .arg(format!("http://{addr}{path}"))
+                .env("HOME", home.path())
+                .env("PPROF_TMPDIR", home.path())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The CPU profile's top rows are the busy loop's, the wall one's the naps'.
+            let wanted = if path.contains("fgprof") {
+                "sleep"
+            } else {
+                "http_hot_a"
+            };
+            assert!(text.contains(wanted), "{path}: {text}");
+            go_read.push(path);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    black_box((busy_thread.join().unwrap(), sleeper.join().unwrap()));
+    assert_eq!((cpu.status, wall.status), (200, 200));
+    let cpu = decode_gz(&cpu.body).unwrap();
+    let wall = decode_gz(&wall.body).unwrap();
+    let states = |p: &Profile| {
+        p.sample
+            .iter()
+            .filter(|s| p.label_str(s, "state").is_some())
+            .count()
+    };
+    let cpu_period = cpu.period as f64 / 1e9;
+    println!("CPU_TYPES {}", types_of(&cpu));
+    println!("CPU_STATES {}", states(&cpu));
+    println!(
+        "CPU_COUNT_X_PERIOD_OVER_CPU {:.3}",
+        total(&cpu, "samples", "apart_busy", None) * cpu_period
+            / total(&cpu, "cpu", "apart_busy", None)
+    );
+    println!("CPU_OF_NAPPER {:.3}", total(&cpu, "cpu", "apart_nap", None));
+    println!("WALL_TYPES {}", types_of(&wall));
+    println!(
+        "WALL_PERIOD {} {}",
+        wall.period_type.map_or("", |t| wall.string(t.r#type)),
+        wall.period
+    );
+    println!(
+        "WALL_NAP {:.2} {:.2}",
+        total(&wall, "wall", "apart_nap", Some("waiting")),
+        total(&wall, "wall", "apart_busy", Some("running"))
+    );
+    println!(
+        "GO_READ {}",
+        if go {
+            go_read.join(",")
+        } else {
+            "SKIPPED".into()
+        }
+    );
+    std::process::exit(0);
+}
+
+#[test]
+fn cpu_and_wall_windows_are_served_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = run_child("child_cpu_and_wall_apart", dir.path());
+    println!("{stdout}");
+    // The CPU window is Go's CPU profile: no wall column, no wall sample, and its
+    // samples/count are CPU periods only.
+    assert_eq!(
+        printed(&stdout, "CPU_TYPES"),
+        "samples/count,cpu/nanoseconds"
+    );
+    assert_eq!(printed(&stdout, "CPU_STATES"), "0");
+    assert_eq!(printed(&stdout, "CPU_COUNT_X_PERIOD_OVER_CPU"), "1.000");
+    let napper_cpu: f64 = printed(&stdout, "CPU_OF_NAPPER").parse().unwrap();
+    assert!(napper_cpu < 0.1, "{stdout}");
+    // The wall window has the wall column only, state labels, and about 2 s per thread (the
+    // window closes when the dump thread gets to it, after the CPU window's profile is built).
+    assert_eq!(
+        printed(&stdout, "WALL_TYPES"),
+        "samples/count,wall/nanoseconds"
+    );
+    assert_eq!(
+        printed(&stdout, "WALL_PERIOD"),
+        format!("wall {}", 1_000_000_000 / 99)
+    );
+    let nap: Vec<f64> = printed(&stdout, "WALL_NAP")
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        (1.5..3.0).contains(&nap[0]),
+        "waiting wall of the napper: {stdout}"
+    );
+    assert!(
+        (1.5..3.0).contains(&nap[1]),
+        "running wall of the busy thread: {stdout}"
+    );
+    let go = printed(&stdout, "GO_READ");
+    if go == "SKIPPED" {
+        println!("SKIPPED the go tool pprof part: `go` is not installed");
+    } else {
+        assert_eq!(go, "/debug/pprof/profile,/debug/fgprof");
+    }
 }

@@ -55,6 +55,32 @@ pub(crate) struct Aggregator {
     started: SystemTime,
 }
 
+/// Which samples and value columns a profile holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum View {
+    /// Every sample, as in the dump files: `samples/count`, `cpu/nanoseconds`, and
+    /// `wall/nanoseconds` when wall sampling is on.
+    All,
+    /// CPU samples only, with `samples/count` and `cpu/nanoseconds` (Go's CPU profile), so a
+    /// scraper's CPU profile is not inflated by wall periods.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    Cpu,
+    /// Wall samples only, with `samples/count` and `wall/nanoseconds` and their `state` labels.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    Wall,
+}
+
+impl View {
+    /// Whether a sample of `kind` belongs in this view.
+    fn keeps(self, kind: SampleKind) -> bool {
+        match self {
+            View::All => true,
+            View::Cpu => kind == SampleKind::Cpu,
+            View::Wall => kind != SampleKind::Cpu,
+        }
+    }
+}
+
 /// Samples taken during one HTTP profile request, limited to one tag or not.
 pub(crate) struct Window {
     pub aggregator: Aggregator,
@@ -216,21 +242,33 @@ impl Aggregator {
             .collect()
     }
 
-    /// Builds the pprof profile of `only` (one tag id) or of every tag (`None`).
+    /// Builds the pprof profile of `only` (one tag id) or of every tag (`None`), holding the
+    /// samples and value columns of `view`.
     pub(crate) fn to_profile(
         &self,
         only: Option<u32>,
+        view: View,
         tag_name: &dyn Fn(u32) -> String,
         symbols: &mut Symbolizer,
         objects: &[LoadedObject],
     ) -> Profile {
         let wall = self.periods.wall_ns > 0;
-        let mut types = vec![("samples", "count"), ("cpu", "nanoseconds")];
-        if wall {
-            types.push(("wall", "nanoseconds"));
+        let mut types = vec![("samples", "count")];
+        match view {
+            View::All => {
+                types.push(("cpu", "nanoseconds"));
+                if wall {
+                    types.push(("wall", "nanoseconds"));
+                }
+            }
+            View::Cpu => types.push(("cpu", "nanoseconds")),
+            View::Wall => types.push(("wall", "nanoseconds")),
         }
         let mut b = ProfileBuilder::new(&types, 1);
-        b.period("cpu", "nanoseconds", self.periods.cpu_ns as i64);
+        match view {
+            View::All | View::Cpu => b.period("cpu", "nanoseconds", self.periods.cpu_ns as i64),
+            View::Wall => b.period("wall", "nanoseconds", self.periods.wall_ns as i64),
+        }
         let start = self
             .started
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -263,6 +301,9 @@ impl Aggregator {
             dropped += profile.dropped;
             let tag_label = b.str_label("tag", &tag_name(tag));
             for (key, counts) in &profile.stacks {
+                if !view.keeps(key.kind) {
+                    continue;
+                }
                 let mut locations: Vec<u64> = key
                     .frames
                     .iter()
@@ -288,10 +329,15 @@ impl Aggregator {
                     SampleKind::WallRunning => labels.push(b.str_label("state", "running")),
                     SampleKind::WallWaiting => labels.push(b.str_label("state", "waiting")),
                 }
-                let mut values = vec![counts.samples as i64, counts.cpu_ns as i64];
-                if wall {
-                    values.push(counts.wall_ns as i64);
-                }
+                let values = match view {
+                    View::All if wall => vec![
+                        counts.samples as i64,
+                        counts.cpu_ns as i64,
+                        counts.wall_ns as i64,
+                    ],
+                    View::All | View::Cpu => vec![counts.samples as i64, counts.cpu_ns as i64],
+                    View::Wall => vec![counts.samples as i64, counts.wall_ns as i64],
+                };
                 b.add_sample(locations, values, labels);
             }
         }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::diagnostics::warn;
+use crate::diagnostics::{error, warn};
 
 /// Default output directory.
 pub const DEFAULT_DIR: &str = "./profiles";
@@ -29,6 +29,7 @@ pub const ENV_VARS: &[&str] = &[
     "THREADPROF_WALL_FREQUENCY",
     "THREADPROF_HTTP_ADDR",
     "THREADPROF_HTTP_TOKEN",
+    "THREADPROF_HTTP_ALLOW_UNAUTHENTICATED",
 ];
 
 /// The prefix the variables had before the crate was named `threadprof`. Such a variable is
@@ -59,10 +60,15 @@ pub struct Config {
     pub frequency: u32,
     /// Wall-clock sampling frequency per thread, in Hz; 0 means off.
     pub wall_frequency: u32,
-    /// Address the HTTP endpoint listens on (`http` feature); `None` means no server.
+    /// Address the HTTP endpoint listens on (`http` feature); `None` means no server. An empty
+    /// token (from the builder or an empty `THREADPROF_HTTP_TOKEN`) is a configuration error:
+    /// one error is logged and this is `None`, so no server starts.
     pub http_addr: Option<String>,
-    /// Bearer token every HTTP request must carry, if set.
+    /// Bearer token every HTTP request must carry, if set; never empty (see `http_addr`).
     pub http_token: Option<String>,
+    /// Serve a non-loopback address without a token. Off by default: such an address without a
+    /// token logs one error and no server starts.
+    pub http_allow_unauthenticated: bool,
 }
 
 impl Default for Config {
@@ -75,6 +81,7 @@ impl Default for Config {
             wall_frequency: 0,
             http_addr: None,
             http_token: None,
+            http_allow_unauthenticated: false,
         }
     }
 }
@@ -89,6 +96,7 @@ pub(crate) struct Requested {
     pub wall_frequency: Option<u32>,
     pub http_addr: Option<String>,
     pub http_token: Option<String>,
+    pub http_allow_unauthenticated: Option<bool>,
 }
 
 /// Where a value came from, for warnings.
@@ -204,7 +212,16 @@ impl Config {
         }
 
         c.http_addr = req.http_addr.clone();
-        c.http_token = req.http_token.clone();
+        // An empty token never means "no authentication": it is refused below, and an empty
+        // variable does not erase the token set in code.
+        let mut empty_token = None;
+        match &req.http_token {
+            Some(t) if t.trim().is_empty() => empty_token = Some(Source::Builder("http_token")),
+            t => c.http_token = t.clone(),
+        }
+        if let Some(allow) = req.http_allow_unauthenticated {
+            c.http_allow_unauthenticated = allow;
+        }
 
         if let Some(v) = env("THREADPROF_ENABLED") {
             let src = Source::Env("THREADPROF_ENABLED");
@@ -242,7 +259,28 @@ impl Config {
             c.http_addr = Some(v).filter(|a| !a.trim().is_empty());
         }
         if let Some(v) = env("THREADPROF_HTTP_TOKEN") {
-            c.http_token = Some(v).filter(|t| !t.is_empty());
+            if v.trim().is_empty() {
+                empty_token = Some(Source::Env("THREADPROF_HTTP_TOKEN"));
+            } else {
+                c.http_token = Some(v);
+            }
+        }
+        if let Some(v) = env("THREADPROF_HTTP_ALLOW_UNAUTHENTICATED") {
+            let src = Source::Env("THREADPROF_HTTP_ALLOW_UNAUTHENTICATED");
+            c.http_allow_unauthenticated = parse_bool(&v).unwrap_or_else(|| {
+                fallback(src, &v, "expected 1/0, true/false, yes/no, on/off", false)
+            });
+        }
+        if let (Some(source), Some(addr)) = (empty_token, &c.http_addr) {
+            error(
+                "config:http-token-empty",
+                &format!(
+                    "{source} is empty; an empty token is a configuration error, not \"no \
+                     authentication\": the HTTP server on {addr} is not started (set a token, or \
+                     unset it to serve a loopback address without one)"
+                ),
+            );
+            c.http_addr = None;
         }
         c
     }
@@ -352,5 +390,42 @@ mod tests {
         assert_eq!(c.frequency, DEFAULT_FREQUENCY);
         assert_eq!(c.dump_interval, DEFAULT_DUMP_INTERVAL);
         assert_eq!(c.wall_frequency, 0);
+    }
+
+    #[test]
+    fn an_empty_token_stops_the_server_and_never_erases_a_real_one() {
+        let addr = ("THREADPROF_HTTP_ADDR", "127.0.0.1:6060");
+        for empty in ["", " "] {
+            let c = with_env(&[addr, ("THREADPROF_HTTP_TOKEN", empty)]);
+            assert_eq!((c.http_addr, c.http_token), (None, None), "{empty:?}");
+        }
+        let req = Requested {
+            http_addr: Some("127.0.0.1:6060".into()),
+            http_token: Some("s3cret".into()),
+            ..Requested::default()
+        };
+        let c = Config::resolve(&req, |k| (k == "THREADPROF_HTTP_TOKEN").then(String::new));
+        assert_eq!(c.http_addr, None);
+        assert_eq!(c.http_token.as_deref(), Some("s3cret"));
+        let req = Requested {
+            http_token: Some(String::new()),
+            ..req
+        };
+        let c = Config::resolve(&req, |_| None);
+        assert_eq!((c.http_addr, c.http_token), (None, None));
+    }
+
+    #[test]
+    fn unauthenticated_opt_in() {
+        assert!(!Config::default().http_allow_unauthenticated);
+        let on = with_env(&[("THREADPROF_HTTP_ALLOW_UNAUTHENTICATED", "1")]);
+        assert!(on.http_allow_unauthenticated);
+        let bad = with_env(&[("THREADPROF_HTTP_ALLOW_UNAUTHENTICATED", "maybe")]);
+        assert!(!bad.http_allow_unauthenticated);
+        let req = Requested {
+            http_allow_unauthenticated: Some(true),
+            ..Requested::default()
+        };
+        assert!(Config::resolve(&req, |_| None).http_allow_unauthenticated);
     }
 }

@@ -10,12 +10,12 @@ use std::fs;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::aggregate::{Aggregator, DrainStats, Periods, Window};
+use crate::aggregate::{Aggregator, DrainStats, Periods, View, Window};
 use crate::diagnostics::{error, warn};
 use crate::objects;
 use crate::pprof::{encode_gz, Profile};
@@ -33,6 +33,8 @@ pub(crate) struct DumpCounters {
     pub written: AtomicU64,
     /// Dumps where the directory or at least one file could not be written.
     pub failed: AtomicU64,
+    /// HTTP profile windows open now (kept by the dump thread, which owns them).
+    pub open_windows: AtomicUsize,
 }
 
 static INJECT_PANIC: AtomicBool = AtomicBool::new(false);
@@ -52,12 +54,17 @@ pub(crate) enum Command {
     Flush(Sender<()>),
     /// Final drain and write, then exit.
     Stop,
-    /// Start collecting a window of samples (all tags, or one tag id); replies with its id.
+    /// Start collecting window `id` (chosen by the requester, unique) of samples of all tags,
+    /// or of one tag id.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    OpenWindow(Option<u32>, Sender<u64>),
-    /// End a window and reply with its profile.
+    OpenWindow(u64, Option<u32>),
+    /// End a window and reply with its profile, holding the samples of one view.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    CloseWindow(u64, Sender<Profile>),
+    CloseWindow(u64, View, Sender<Profile>),
+    /// Drop a window whose requester gave up (disconnected, timed out); no reply. Sent after
+    /// its `OpenWindow` by the same thread, so it is never seen first.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    CancelWindow(u64),
     /// The cumulative profile of one tag id, or of all tags, as in the dump files.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     Cumulative(Option<u32>, Sender<Profile>),
@@ -82,7 +89,6 @@ struct DumpState {
     handler_lost_reported: bool,
     periods: Periods,
     windows: std::collections::HashMap<u64, Window>,
-    next_window: u64,
 }
 
 impl DumpLoop {
@@ -102,7 +108,6 @@ impl DumpLoop {
             handler_lost_reported: false,
             periods,
             windows: std::collections::HashMap::new(),
-            next_window: 1,
         };
         let thread = std::thread::Builder::new()
             .name("threadprof-dump".into())
@@ -193,27 +198,30 @@ impl DumpState {
     fn answer(&mut self, command: Command) {
         let name = |id: u32| self.rt.registry.tag_name(id);
         match command {
-            Command::OpenWindow(tag, reply) => {
-                let id = self.next_window;
-                self.next_window += 1;
+            Command::OpenWindow(id, tag) => {
                 let aggregator = Aggregator::new(self.periods, std::time::SystemTime::now());
                 self.windows.insert(id, Window { aggregator, tag });
-                let _ = reply.send(id);
+                self.count_windows();
             }
-            Command::CloseWindow(id, reply) => {
+            Command::CloseWindow(id, view, reply) => {
                 if let Some(w) = self.windows.remove(&id) {
+                    self.count_windows();
                     let (objects, _) = objects::loaded_objects(false);
                     let p = w
                         .aggregator
-                        .to_profile(None, &name, &mut self.symbols, &objects);
+                        .to_profile(None, view, &name, &mut self.symbols, &objects);
                     let _ = reply.send(p);
                 }
             }
+            Command::CancelWindow(id) => {
+                self.windows.remove(&id);
+                self.count_windows();
+            }
             Command::Cumulative(tag, reply) => {
                 let (objects, _) = objects::loaded_objects(false);
-                let p = self
-                    .aggregator
-                    .to_profile(tag, &name, &mut self.symbols, &objects);
+                let p =
+                    self.aggregator
+                        .to_profile(tag, View::All, &name, &mut self.symbols, &objects);
                 let _ = reply.send(p);
             }
             Command::Counts(reply) => {
@@ -222,6 +230,12 @@ impl DumpState {
             }
             Command::Flush(_) | Command::Stop | Command::Retired => {}
         }
+    }
+
+    /// Publishes the number of open windows (`threadprof::stats().open_windows`).
+    fn count_windows(&self) {
+        let open = &self.rt.dumps.open_windows;
+        open.store(self.windows.len(), Ordering::Relaxed);
     }
 
     /// Runs `f`, turning a panic into a logged error so that the next tick still runs.
@@ -325,9 +339,9 @@ impl DumpState {
             if INJECT_PANIC.swap(false, Ordering::SeqCst) {
                 panic!("injected dump panic (test hook)");
             }
-            let profile = self
-                .aggregator
-                .to_profile(only, &name, &mut self.symbols, &objects);
+            let profile =
+                self.aggregator
+                    .to_profile(only, View::All, &name, &mut self.symbols, &objects);
             let result = encode_gz(&profile).and_then(|bytes| write_atomic(dir, &file, &bytes));
             if let Err(e) = result {
                 failures.push(format!("{file}: {e}"));

@@ -121,9 +121,19 @@ impl ProfilerBuilder {
         self
     }
 
-    /// Require `Authorization: Bearer <token>` on every HTTP request.
+    /// Require `Authorization: Bearer <token>` on every HTTP request. An empty token is a
+    /// configuration error (one error is logged and no server starts), never "no
+    /// authentication".
     pub fn http_token(mut self, token: impl Into<String>) -> Self {
         self.req.http_token = Some(token.into());
+        self
+    }
+
+    /// Serve a non-loopback HTTP address without a token. Without this (or
+    /// `THREADPROF_HTTP_ALLOW_UNAUTHENTICATED=1`), such an address logs one error and no server
+    /// starts: anyone who can reach it could read the profiles.
+    pub fn http_allow_unauthenticated(mut self) -> Self {
+        self.req.http_allow_unauthenticated = Some(true);
         self
     }
 
@@ -310,6 +320,9 @@ pub struct Stats {
     pub dumps: u64,
     /// Dumps in which at least one file could not be written (each also logged as an error).
     pub failed_dumps: u64,
+    /// HTTP profile windows open now (always 0 without the `http` feature). A window whose
+    /// requester disconnected is removed within about 0.1 s.
+    pub open_windows: usize,
 }
 
 /// The profiler's counters now (all zero before the runtime starts).
@@ -325,5 +338,6 @@ pub fn stats() -> Stats {
         live_threads: counts.live,
         dumps: rt.dumps.written.load(Ordering::Relaxed),
         failed_dumps: rt.dumps.failed.load(Ordering::Relaxed),
+        open_windows: rt.dumps.open_windows.load(Ordering::Relaxed),
     }
 }
