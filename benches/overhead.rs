@@ -66,6 +66,26 @@ fn signal_cost_ns(depth: u32, batch: u32, batches: u32, registered: bool) -> f64
     .unwrap()
 }
 
+/// The deepest stack the handler used over `samples` self-sent samples taken `depth` frames
+/// deep on a registered thread (its signal stack is painted first, then inspected).
+fn handler_stack_use(depth: u32, samples: u32) -> Option<usize> {
+    std::thread::spawn(move || {
+        let _g = threadprof_runtime::enter("stack_use");
+        threadprof_runtime::__signal_stack_use(true)?;
+        nest(depth, &mut || {
+            for i in 0..samples {
+                self_timer_signal();
+                if i % 500 == 499 {
+                    std::thread::sleep(Duration::from_millis(110));
+                }
+            }
+        });
+        threadprof_runtime::__signal_stack_use(false)
+    })
+    .join()
+    .unwrap()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -148,6 +168,12 @@ fn main() {
             (on - off) / 1e3
         );
     }
+    let deepest = handler_stack_use(240, 2_000);
+    println!(
+        "| deepest stack one sample used, 248 frames deep (on the thread's signal stack; {} build) | {} |",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        deepest.map_or("n/a (no signal stack)".to_owned(), |b| format!("{:.1} KiB", b as f64 / 1024.0))
+    );
     println!();
     println!("At 99 Hz a busy thread pays 99 x the full per-sample cost per CPU second.");
 }

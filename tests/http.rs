@@ -740,6 +740,7 @@ fn child_http_config() {
     let b = match mode.as_str() {
         "builder-empty" => b.http_addr("127.0.0.1:0").http_token(""),
         "code-token" => b.http_addr("127.0.0.1:0").http_token("s3cret"),
+        "addr-only" => b.http_addr("127.0.0.1:0"),
         "open" => b.http_addr("0.0.0.0:0"),
         "open-builder-opt-in" => b.http_addr("0.0.0.0:0").http_allow_unauthenticated(),
         "open-token" => b.http_addr("0.0.0.0:0").http_token("s3cret"),
@@ -778,21 +779,26 @@ fn an_empty_token_is_a_configuration_error_never_open_access() {
     let errors = errors_in(&err);
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("http_token() is empty"), "{err}");
-    // `THREADPROF_HTTP_TOKEN=` with an address from the environment: the same.
-    let (out, err) = config_child(
-        "code-token",
-        &[
-            ("THREADPROF_HTTP_TOKEN", ""),
-            ("THREADPROF_HTTP_ADDR", "127.0.0.1:0"),
-        ],
-    );
+    // `THREADPROF_HTTP_TOKEN=` and no token in code: the same.
+    let (out, err) = config_child("addr-only", &[("THREADPROF_HTTP_TOKEN", "")]);
     assert_eq!(printed(&out, "SERVED"), "false", "{out}");
-    // ... and the empty variable did not erase the token set in code.
-    assert_eq!(printed(&out, "TOKEN"), "Some(\"s3cret\")", "{out}");
     let errors = errors_in(&err);
     assert_eq!(errors.len(), 1, "{err}");
     assert!(
         errors[0].contains("THREADPROF_HTTP_TOKEN is empty"),
+        "{err}"
+    );
+    // An empty variable beside a token set in code does not erase it: served, with that token
+    // required, and one warning.
+    let (out, err) = config_child("code-token", &[("THREADPROF_HTTP_TOKEN", "")]);
+    assert_eq!(printed(&out, "SERVED"), "true", "{out}");
+    assert_eq!(printed(&out, "TOKEN"), "Some(\"s3cret\")", "{out}");
+    assert_eq!(printed(&out, "STATUS"), "401", "{out}");
+    assert!(errors_in(&err).is_empty(), "{err}");
+    assert_eq!(
+        err.matches("THREADPROF_HTTP_TOKEN is set but empty")
+            .count(),
+        1,
         "{err}"
     );
     // A real token in the environment replaces the one in code.

@@ -271,6 +271,15 @@ impl Config {
                 fallback(src, &v, "expected 1/0, true/false, yes/no, on/off", false)
             });
         }
+        // An empty variable beside a token set in code: the code's token stays in force.
+        if matches!(empty_token, Some(Source::Env(_))) && c.http_token.is_some() {
+            warn(
+                "config:http-token-env-empty",
+                "THREADPROF_HTTP_TOKEN is set but empty; it is ignored, and the token set in \
+                 code stays in force",
+            );
+            empty_token = None;
+        }
         if let (Some(source), Some(addr)) = (empty_token, &c.http_addr) {
             error(
                 "config:http-token-empty",
@@ -393,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_token_stops_the_server_and_never_erases_a_real_one() {
+    fn an_empty_token_stops_the_server_and_an_empty_variable_keeps_the_code_token() {
         let addr = ("THREADPROF_HTTP_ADDR", "127.0.0.1:6060");
         for empty in ["", " "] {
             let c = with_env(&[addr, ("THREADPROF_HTTP_TOKEN", empty)]);
@@ -405,8 +414,12 @@ mod tests {
             ..Requested::default()
         };
         let c = Config::resolve(&req, |k| (k == "THREADPROF_HTTP_TOKEN").then(String::new));
-        assert_eq!(c.http_addr, None);
-        assert_eq!(c.http_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.http_addr.as_deref(), Some("127.0.0.1:6060"), "served");
+        assert_eq!(
+            c.http_token.as_deref(),
+            Some("s3cret"),
+            "with the code's token"
+        );
         let req = Requested {
             http_token: Some(String::new()),
             ..req
