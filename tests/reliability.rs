@@ -1706,3 +1706,238 @@ fn print_lines(out: &Output, marker: &str) {
         }
     }
 }
+
+busy_fn!(storm_target_work, 17u64);
+
+static STORM_HANDLED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn storm_handler(_signal: libc::c_int) {
+    STORM_HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Child: a registered std thread (which has std's 8 KiB alternate stack, so the sampler's
+/// handler starts there and moves onto its own) burns CPU at 999 Hz CPU + wall sampling while
+/// another thread sends it SIGUSR2, whose host handler runs with `SA_ONSTACK`, every few µs.
+/// A host signal delivered while the sampler's handler ran on its own stack used to land at
+/// the top of the host's alternate stack, over the sampler's signal frame.
+#[test]
+fn child_host_signal_storm() {
+    if !is_child("host_signal_storm") {
+        return;
+    }
+    // SAFETY: installs a handler that only bumps an atomic; SA_ONSTACK as Go's runtime does.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = storm_handler as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_ONSTACK | libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &act, std::ptr::null_mut()),
+            0
+        );
+    }
+    let tid = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (tid, stop) = (tid.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = tid.load(Ordering::Relaxed);
+                if t != 0 {
+                    // SAFETY: tgkill to a thread of this process that is alive until `stop`.
+                    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), t, libc::SIGUSR2) };
+                    sent += 1;
+                }
+                for _ in 0..200 {
+                    std::hint::spin_loop();
+                }
+            }
+            sent
+        })
+    };
+    let (_p, stats) = sample_scenario("host_signal_storm", move || {
+        tid.store(gettid() as u64, Ordering::Relaxed);
+        burn_for(foreign_secs(), storm_target_work);
+        tid.store(0, Ordering::Relaxed);
+    });
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let handled = STORM_HANDLED.load(Ordering::Relaxed);
+    println!(
+        "STORM sent={sent} handled={handled} samples={}",
+        stats.samples
+    );
+    assert!(handled > 10_000, "the storm reached the thread: {handled}");
+    assert!(stats.samples > 1000, "{stats:?}");
+    println!("CHILD OK");
+}
+
+#[test]
+fn host_signals_arriving_during_a_sample_never_corrupt_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(
+        "host_signal_storm",
+        dir.path(),
+        &[],
+        Duration::from_secs(120),
+    );
+    print_lines(&out, "STORM");
+    print_lines(&out, "FOREIGN");
+}
+
+busy_fn!(tiny_altstack_work, 18u64);
+
+/// Child: a thread whose host installed a 2 KiB alternate signal stack (`MINSIGSTKSZ`, smaller
+/// than a signal frame on a machine with AVX-512) registers and is sampled at 999 Hz; its
+/// alternate stack is ours while it is registered and the host's again afterwards.
+#[test]
+fn child_tiny_host_altstack() {
+    if !is_child("tiny_host_altstack") {
+        return;
+    }
+    let (_p, stats) = sample_scenario("tiny_altstack_outer", || {
+        std::thread::spawn(|| {
+            let mut tiny = vec![0u8; 2048];
+            let ss = libc::stack_t {
+                ss_sp: tiny.as_mut_ptr().cast(),
+                ss_flags: 0,
+                ss_size: tiny.len(),
+            };
+            // SAFETY: `tiny` outlives its use: it is disabled below before being freed.
+            assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
+            let query = || {
+                let mut now: libc::stack_t = libc::stack_t {
+                    ss_sp: std::ptr::null_mut(),
+                    ss_flags: 0,
+                    ss_size: 0,
+                };
+                // SAFETY: query only.
+                assert_eq!(unsafe { libc::sigaltstack(std::ptr::null(), &mut now) }, 0);
+                (now.ss_sp as usize, now.ss_size)
+            };
+            let during = threadprof::run("tiny_altstack", || {
+                burn_for(foreign_secs(), tiny_altstack_work);
+                query()
+            });
+            let after = query();
+            let off = libc::stack_t {
+                ss_sp: std::ptr::null_mut(),
+                ss_flags: libc::SS_DISABLE,
+                ss_size: 0,
+            };
+            // SAFETY: disabling has no memory preconditions.
+            assert_eq!(unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) }, 0);
+            let host = (tiny.as_ptr() as usize, tiny.len());
+            assert_ne!(during, host, "ours while registered");
+            assert_eq!(after, host, "the host's again afterwards");
+            println!("TINY during={during:?} after={after:?}");
+        })
+        .join()
+        .unwrap();
+    });
+    assert!(stats.samples > 1000, "{stats:?}");
+    println!("CHILD OK");
+}
+
+#[test]
+fn a_host_alternate_stack_too_small_for_a_signal_frame_is_swapped_while_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(
+        "tiny_host_altstack",
+        dir.path(),
+        &[],
+        Duration::from_secs(120),
+    );
+    print_lines(&out, "TINY");
+    print_lines(&out, "FOREIGN");
+}
+
+/// Installs a seccomp filter that kills the whole process on `process_vm_readv`, as a
+/// sandbox's allow-list does for a call it does not list.
+fn forbid_process_vm_readv() {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let nr = libc::SYS_process_vm_readv as u32;
+    let mut prog = [
+        libc::sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }, // seccomp_data.nr
+        libc::sock_filter {
+            code: JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: nr,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_KILL_PROCESS,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls with a valid filter program that outlives them; the filter
+    // applies to this process (and its children) only.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog
+            ),
+            0
+        );
+    }
+}
+
+/// Child: under a seccomp filter that kills the process on `process_vm_readv`, the runtime
+/// starts (its probe runs in a child process), warns once, samples, and cuts short the stacks
+/// it cannot read safely instead of making the call.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn child_seccomp() {
+    if !is_child("seccomp") {
+        return;
+    }
+    capture_logs();
+    forbid_process_vm_readv();
+    let (p, stats) = sample_scenario("seccomp", || {
+        let (lo, _) = stack_bounds();
+        let each = foreign_secs() / 2;
+        // Frame pointer below the stack pointer and at the guard page: reads a copy would make.
+        for rbp in [lo as u64 - 4096, 0xdead_beef_0000] {
+            let f = jit_spin(rbp);
+            let start = Instant::now();
+            while start.elapsed() < each {
+                f(2_000_000);
+            }
+        }
+    });
+    assert_eq!(logged(log::Level::Warn, "process_vm_readv"), 1);
+    assert!(stats.samples > 1000, "{stats:?}");
+    assert!(!p.sample.is_empty());
+    println!("CHILD OK");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_sandbox_that_kills_on_process_vm_readv_does_not_kill_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child("seccomp", dir.path(), &[], Duration::from_secs(120));
+    print_lines(&out, "FOREIGN");
+}

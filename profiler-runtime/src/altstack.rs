@@ -14,9 +14,12 @@
 //!   lands here too, not on the interrupted stack. At unregistration it is disabled again
 //!   ([`AltStackSwap::restore`]) if it is still the one installed.
 //! - A thread that has one (std gives every thread it spawns an 8 KiB one for its stack
-//!   overflow message; a host may install its own) keeps it: the kernel's frame lands there,
-//!   and the handler, finding itself off this stack, moves onto it before it does any work
-//!   (`handler.rs`, `call_on_stack`).
+//!   overflow message; a host may install its own) keeps it, if it holds a signal frame with
+//!   room to spare ([`min_host_stack`]): the kernel's frame lands there, and the handler,
+//!   finding itself off this stack, moves onto it before it does any work (`handler.rs`,
+//!   `call_on_stack`). One too small for that (a host's `MINSIGSTKSZ` stack on a machine whose
+//!   signal frames are larger) is replaced by ours while the thread is registered, and put back
+//!   at unregistration.
 //!
 //! Owns: the mapping. Touches: `sigaltstack` for the calling thread only.
 
@@ -231,20 +234,36 @@ pub(crate) unsafe fn call_on_stack(top: *mut u8, arg: *mut c_void, f: extern "C"
 
 /// Proof that [`install`] made our stack the calling thread's alternate stack.
 pub(crate) struct AltStackSwap {
+    /// The alternate stack installed before ours (possibly disabled): put back at the end.
+    previous: libc::stack_t,
     /// Our stack's lowest address, to recognise it.
-    ours: *mut libc::c_void,
+    ours: *mut c_void,
 }
 
 /// Why the thread keeps the alternate stack it has.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Kept {
-    /// It has one of its own (std's, or the host's): left alone.
+    /// It has one of its own (std's, or the host's) with room for a signal frame: left alone.
     HostStack,
     /// The thread is running on its alternate stack now (inside a signal handler).
     OnAlternateStack,
 }
 
-/// Makes `stack` the calling thread's alternate signal stack if it has none.
+/// `getauxval` key of the kernel's minimum signal stack size (Linux ABI; not in the `libc`
+/// crate for every target).
+const AT_MINSIGSTKSZ: libc::c_ulong = 51;
+
+/// The smallest host alternate stack the handler is started on: the kernel's signal frame on
+/// this machine (`AT_MINSIGSTKSZ`, which grows with the CPU's register state: about 3.5 KiB
+/// with AVX-512) plus 4 KiB for the handler's first frame and any frame nested below it.
+pub(crate) fn min_host_stack() -> usize {
+    // SAFETY: getauxval has no preconditions; 0 means "not provided".
+    let kernel = unsafe { libc::getauxval(AT_MINSIGSTKSZ) } as usize;
+    kernel.max(libc::MINSIGSTKSZ) + 4096
+}
+
+/// Makes `stack` the calling thread's alternate signal stack, unless the thread has one with
+/// room for a signal frame ([`min_host_stack`]) or is running on its alternate stack now.
 pub(crate) fn install(stack: &SignalStack) -> io::Result<Result<AltStackSwap, Kept>> {
     let mut previous = disabled();
     // SAFETY: a null new stack only queries; `previous` is ours to write.
@@ -254,7 +273,7 @@ pub(crate) fn install(stack: &SignalStack) -> io::Result<Result<AltStackSwap, Ke
     if previous.ss_flags & libc::SS_ONSTACK != 0 {
         return Ok(Err(Kept::OnAlternateStack));
     }
-    if previous.ss_flags & libc::SS_DISABLE == 0 {
+    if previous.ss_flags & libc::SS_DISABLE == 0 && previous.ss_size >= min_host_stack() {
         return Ok(Err(Kept::HostStack));
     }
     let ours = libc::stack_t {
@@ -267,14 +286,18 @@ pub(crate) fn install(stack: &SignalStack) -> io::Result<Result<AltStackSwap, Ke
     if unsafe { libc::sigaltstack(&ours, std::ptr::null_mut()) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Ok(AltStackSwap { ours: ours.ss_sp }))
+    Ok(Ok(AltStackSwap {
+        previous,
+        ours: ours.ss_sp,
+    }))
 }
 
 impl AltStackSwap {
-    /// Disables our alternate stack if it is still the one installed (the thread had none
-    /// before). Call on the same thread, after its slot pointer was cleared (so that a late
-    /// SIGPROF returns at once). Returns false if the thread may still run on our stack (it is
-    /// on it now, or the kernel would not say): then its memory must never be freed or reused.
+    /// Puts back the alternate stack the thread had before [`install`] (or none), if ours is
+    /// still the one installed. Call on the same thread, after its slot pointer was cleared (so
+    /// that a late SIGPROF returns at once). Returns false if the thread may still run on our
+    /// stack (it is on it now, or the kernel would not say): then its memory must never be
+    /// freed or reused.
     #[must_use]
     pub(crate) fn restore(self) -> bool {
         let mut now = disabled();
@@ -283,10 +306,21 @@ impl AltStackSwap {
             return false;
         }
         if now.ss_sp != self.ours || now.ss_flags & libc::SS_DISABLE != 0 {
-            return true; // replaced or disabled since: not ours to touch, and not in use
+            return true; // replaced or disabled since (std does so at thread exit): not in use
         }
         if now.ss_flags & libc::SS_ONSTACK != 0 {
             return false; // cannot change it while running on it
+        }
+        let previous = if self.previous.ss_flags & libc::SS_DISABLE != 0 {
+            disabled()
+        } else {
+            self.previous
+        };
+        // SAFETY: `previous` is what the kernel reported before we installed ours: disabled, or
+        // the host's stack, which the host keeps mapped while the thread runs (std unmaps its
+        // own only at thread exit, after disabling whatever is installed).
+        if unsafe { libc::sigaltstack(&previous, std::ptr::null_mut()) } == 0 {
+            return true;
         }
         let off = disabled();
         // SAFETY: disabling the alternate stack has no memory preconditions.

@@ -52,26 +52,26 @@ use framehop::{FrameAddress, Unwinder as _};
 
 /// `sigev_value` of CPU-time timers.
 pub(crate) const TIMER_CPU: usize = 1;
-/// Value of the timer signals the wall ticker queues; the periods themselves arrive through
-/// `ThreadSlot::wall_due`.
+/// `sigev_value` of the one-shot wall timers the ticker fires; the periods themselves arrive
+/// through `ThreadSlot::wall_due`.
 pub(crate) const TIMER_WALL: usize = 2;
 
 /// The `_timer` member of the kernel's `siginfo_t` union, with the three leading ints. With
 /// `repr(C)` the union starts at offset 16 on 64-bit targets, as in the kernel's layout.
 #[repr(C)]
-pub(crate) struct TimerSigInfo {
-    pub(crate) signo: c_int,
-    pub(crate) errno: c_int,
-    pub(crate) code: c_int,
-    pub(crate) timer: TimerFields,
+struct TimerSigInfo {
+    signo: c_int,
+    errno: c_int,
+    code: c_int,
+    timer: TimerFields,
 }
 
 /// `tid`, `overrun`, `sigval` of the `_timer` member.
 #[repr(C)]
-pub(crate) struct TimerFields {
-    pub(crate) tid: c_int,
-    pub(crate) overrun: c_int,
-    pub(crate) value: *mut c_void,
+struct TimerFields {
+    tid: c_int,
+    overrun: c_int,
+    value: *mut c_void,
 }
 
 /// Installed with `SA_SIGINFO | SA_RESTART | SA_ONSTACK` for SIGPROF. One run can serve both
@@ -126,7 +126,9 @@ fn current_slot() -> Option<&'static ThreadSlot> {
     unsafe { slot.as_ref() }
 }
 
-/// `take_sample` with its arguments packed, as `call_on_stack` calls it.
+/// `take_sample` with its arguments packed, as `call_on_stack` calls it. Never inlined, so
+/// that its frame is on the signal stack.
+#[inline(never)]
 extern "C" fn sample_on_stack(args: *mut c_void) {
     // SAFETY: `on_sigprof` passes a pointer to its live `SampleArgs`.
     let args = unsafe { &*(args as *const SampleArgs) };
@@ -134,9 +136,13 @@ extern "C" fn sample_on_stack(args: *mut c_void) {
     unsafe { take_sample(args.slot, args.info, args.context) };
 }
 
+/// Never inlined into `on_sigprof`: its frame (about 14 KiB in a release build) must not be
+/// allocated before the switch to the signal stack.
+///
 /// # Safety
 /// `info` and `context` must be the arguments the kernel passed to an SA_SIGINFO handler on
 /// the thread that owns `slot`.
+#[inline(never)]
 unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_void) {
     // SAFETY: for SI_TIMER signals the kernel fills the `_timer` union member, whose layout
     // TimerSigInfo mirrors; we check si_code before using those fields.
@@ -188,7 +194,10 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
         // of CPU since the previous wall sample means running.
         // SAFETY: `context` is the ucontext_t of the interrupted code.
         let ret = unsafe { syscall_return(context) };
-        blocked = code.get().is_some_and(|map| in_syscall(map, pc, ret));
+        let copies = slot.copies.load(Ordering::Relaxed);
+        blocked = code
+            .get()
+            .is_some_and(|map| in_syscall(map, pc, ret, copies));
         let woke = std::mem::replace(&mut state.last_wall_blocked, blocked);
         let running =
             !blocked && (woke || ran.saturating_mul(2) >= slot.wall_period_ns.saturating_mul(wall));
@@ -204,7 +213,8 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
         slot.stack_lo.load(Ordering::Relaxed),
         slot.stack_top.load(Ordering::Relaxed),
     );
-    let mut reader = StackReader::new(sp, stack, window);
+    let copies = slot.copies.load(Ordering::Relaxed);
+    let mut reader = StackReader::new(sp, stack, window, copies);
     let truncated = unwind(
         &code,
         pc,
@@ -236,21 +246,21 @@ const SYSCALL_INSN: &[u8] = &[0x01, 0x00, 0x00, 0xd4]; // svc #0
 /// read, ...) has pc rewound onto the syscall instruction; a call that returns `EINTR`
 /// whatever the flags (nanosleep, epoll_wait, poll, ...) has pc just after it and `-EINTR` in
 /// the return register.
-fn in_syscall(map: &crate::unwind::CodeMap, pc: u64, ret: i64) -> bool {
+fn in_syscall(map: &crate::unwind::CodeMap, pc: u64, ret: i64, copies: bool) -> bool {
     let len = SYSCALL_INSN.len() as u64;
-    if maybe_restart(ret) && is_insn(map, pc, SYSCALL_INSN) {
+    if maybe_restart(ret) && is_insn(map, pc, SYSCALL_INSN, copies) {
         return true;
     }
     ret == -i64::from(libc::EINTR)
         && pc
             .checked_sub(len)
-            .is_some_and(|at| is_insn(map, at, SYSCALL_INSN))
+            .is_some_and(|at| is_insn(map, at, SYSCALL_INSN, copies))
 }
 
 /// Whether the bytes at `addr` are `insn`: they must lie in one readable, executable segment
 /// of a loaded object, and are copied by a read that cannot fault (the map may predate a
 /// `dlclose`).
-fn is_insn(map: &crate::unwind::CodeMap, addr: u64, insn: &[u8]) -> bool {
+fn is_insn(map: &crate::unwind::CodeMap, addr: u64, insn: &[u8], copies: bool) -> bool {
     if !map.contains_code(addr, insn.len() as u64) {
         return false;
     }
@@ -258,7 +268,7 @@ fn is_insn(map: &crate::unwind::CodeMap, addr: u64, insn: &[u8]) -> bool {
     let Some(bytes) = bytes.get_mut(..insn.len()) else {
         return false;
     };
-    crate::stackread::read_bytes(addr, bytes) && bytes == insn
+    crate::stackread::read_bytes(addr, bytes, copies) && bytes == insn
 }
 
 /// Whether the return register can belong to a system call the kernel rewound for restart. On
@@ -375,7 +385,7 @@ unsafe fn registers(
 /// # Safety
 /// `context` must point to the `ucontext_t` the kernel passed to the handler.
 /// Return addresses (`lr` and those read from the stack) are stripped of pointer-authentication
-/// bits with a mask taken from the thread's stack top (`unwind::return_address_mask`).
+/// bits with the mask set at start (`unwind::return_address_mask_now`).
 #[cfg(target_arch = "aarch64")]
 unsafe fn registers(
     context: *mut c_void,
@@ -384,7 +394,8 @@ unsafe fn registers(
     // SAFETY: the caller passes the kernel's ucontext_t.
     let mc = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext };
     let (pc, sp, fp, lr) = (mc.pc, mc.sp, mc.regs[29], mc.regs[30]);
-    let mask = crate::unwind::return_address_mask(slot.stack_top.load(Ordering::Relaxed));
+    let _ = slot;
+    let mask = crate::unwind::return_address_mask_now();
     let regs = framehop::UnwindRegsNative::new_with_ptr_auth_mask(
         framehop::aarch64::PtrAuthMask(mask),
         lr,

@@ -330,8 +330,10 @@ impl Registry {
             }
             None => ThreadSlot::new(tag_id, stack, wall_period, cpu_now),
         });
-        // Before the first timer can fire: the handler's stack, unless the host's will do.
+        // Before the first timer can fire: the handler's stack, unless the host's will do, and
+        // whether this thread may make fault-proof copies.
         let altstack = if self.lock().sampling {
+            sampler::allow_copies(&slot);
             sampler::use_signal_stack(&slot)
         } else {
             None

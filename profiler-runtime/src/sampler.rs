@@ -7,10 +7,12 @@
 //! - **Wall** (when on): one `WallTicker` thread wakes on `CLOCK_MONOTONIC` at the wall
 //!   frequency. For each registered thread it either credits the period to the thread's
 //!   `IdleCredit` (the thread has not run since a wall sample found it blocked: same stack, no
-//!   need to wake it) or adds it to the thread's `wall_due` and queues it a SIGPROF.
-//!   The signal is queued with `rt_tgsigqueueinfo` as `SI_TIMER`, like a timer's: the kernel
-//!   drops pending `SI_TIMER` signals at `execve`, while a `tgkill` that lands during one stays
-//!   pending across it, and the new program, whose SIGPROF action is the default, dies of it.
+//!   need to wake it) or adds it to the thread's `wall_due` and fires the thread's one-shot
+//!   wall timer (a POSIX timer on `CLOCK_MONOTONIC`, `SIGEV_THREAD_ID`, value `TIMER_WALL`,
+//!   created unarmed at registration, armed 1 ns ahead). A timer's signal, not a `tgkill`:
+//!   the kernel deletes timers and drops their pending signals at `execve`, while a `tgkill`
+//!   that lands during one stays pending across it, and the new program, whose SIGPROF action
+//!   is the default, dies of it.
 //!   Per-thread kernel timers on `CLOCK_MONOTONIC` did this job before; they woke every blocked
 //!   thread every period, which cost 0.12–0.63% of a core per idle thread at 99 Hz on a 2-core
 //!   VM (README, Performance).
@@ -40,13 +42,17 @@ mod imp {
     use super::SignalError;
     pub(crate) use crate::altstack::AltStackSwap;
     use crate::altstack::{self, Kept};
-    use crate::handler::{on_sigprof, TimerSigInfo, TIMER_CPU, TIMER_WALL};
+    use crate::handler::{on_sigprof, TIMER_CPU, TIMER_WALL};
     use crate::slot::ThreadSlot;
     use std::io;
     use std::mem::MaybeUninit;
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Condvar, Mutex, MutexGuard};
     use std::time::{Duration, Instant};
+
+    /// `getauxval` key of the vDSO's address (Linux ABI; not in the `libc` crate for every
+    /// target).
+    const AT_SYSINFO_EHDR: libc::c_ulong = 33;
 
     /// CPU time a thread may use after its handler opened its idle credit, and still count as
     /// not having run, at the first tick: returning from the handler and re-entering its
@@ -85,26 +91,26 @@ mod imp {
         // SA_ONSTACK: run on the registered thread's alternate stack (altstack.rs), not on the
         // interrupted stack, which may be nearly full.
         act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
-        // SAFETY: sa_mask is owned; sigemptyset initialises it. SIGPROF itself stays blocked
-        // during the handler because SA_NODEFER is not set.
-        unsafe { libc::sigemptyset(&mut act.sa_mask) };
+        // Every signal is blocked while the handler runs (the kernel restores the mask at
+        // sigreturn). Above all the host's: when the handler has moved from the host's
+        // alternate stack onto its own, a host signal with SA_ONSTACK would be delivered at the
+        // top of the host's stack, over this handler's signal frame. No host handler can run
+        // inside ours (nor jump out of it) either.
+        // SAFETY: sa_mask is owned; sigfillset initialises it.
+        unsafe { libc::sigfillset(&mut act.sa_mask) };
         // SAFETY: `act` is fully initialised and `on_sigprof` has the SA_SIGINFO signature.
         if unsafe { libc::sigaction(libc::SIGPROF, &act, std::ptr::null_mut()) } != 0 {
             return Err(SignalError::Os(io::Error::last_os_error().to_string()));
         }
+        // The vDSO sits just below the main stack, near the top of user space.
+        // SAFETY: getauxval has no preconditions; 0 means "not provided".
+        let vdso = unsafe { libc::getauxval(AT_SYSINFO_EHDR) } as u64;
+        crate::unwind::note_highest_user_address(vdso.max(stack_bounds().1));
         #[cfg(target_arch = "x86_64")]
         if let Ok(now) = current_action() {
             if let Some(restorer) = now.sa_restorer {
                 crate::unwind::note_sigreturn(restorer as usize as u64);
             }
-        }
-        if !crate::stackread::copies_work() {
-            crate::diagnostics::warn(
-                "process_vm_readv",
-                "process_vm_readv on this process is not permitted here (seccomp?); stacks of \
-                 code running outside a thread's own stack (fibers, stacker segments, signal \
-                 handlers on an alternate stack) are cut short at their first frame",
-            );
         }
         Ok(())
     }
@@ -156,6 +162,43 @@ mod imp {
         }
     }
 
+    impl Timer {
+        /// A timer on `clock` for the calling thread, not armed.
+        fn unarmed(clock: libc::clockid_t, kind: usize) -> io::Result<Timer> {
+            // SAFETY: all-zero is a valid sigevent, completed below.
+            let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_signo = libc::SIGPROF;
+            sev.sigev_value = libc::sigval {
+                sival_ptr: kind as *mut libc::c_void,
+            };
+            // SAFETY: gettid has no preconditions.
+            sev.sigev_notify_thread_id = unsafe { libc::gettid() };
+            let mut id: libc::timer_t = std::ptr::null_mut();
+            // SAFETY: `sev` and `id` are valid; the thread id is the calling thread's.
+            if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Timer(id))
+        }
+
+        /// Arms the timer to expire once, now (1 ns ahead): its thread gets one SIGPROF.
+        fn fire_once(&self) {
+            let spec = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 1,
+                },
+            };
+            // SAFETY: the id is live (deleted only when this value drops); `spec` is valid.
+            unsafe { libc::timer_settime(self.0, 0, &spec, std::ptr::null_mut()) };
+        }
+    }
+
     impl Drop for Timer {
         fn drop(&mut self) {
             // SAFETY: the id came from timer_create and is deleted exactly once, here.
@@ -197,16 +240,23 @@ mod imp {
     }
 
     /// Makes sure the wall periods the ticker has signalled for are recorded before the caller
-    /// reads the slot's counters: if some are still due (the signal is in flight), the calling
-    /// thread, which owns `slot`, signals itself; a signal a thread sends itself is handled
-    /// before `tgkill` returns. Call after leaving the ticker.
+    /// reads the slot's counters: if some are still due (the signal is in flight, or its timer
+    /// was deleted with it pending), the calling thread, which owns `slot`, signals itself; a
+    /// signal a thread sends itself is handled before `tgkill` returns. Call after leaving the
+    /// ticker.
     pub fn settle_wall(slot: &ThreadSlot) {
         // Never send a signal another component's handler did not ask for.
         if slot.wall_due.load(Ordering::Acquire) > 0 && still_installed() {
-            // SAFETY: getpid/gettid have no preconditions.
-            let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
-            // SIGPROF's handler is ours (checked just above).
-            queue_wall_signal(pid, tid);
+            // SAFETY: getpid/gettid have no preconditions; tgkill targets the calling thread,
+            // and SIGPROF's handler is ours (checked just above).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::gettid(),
+                    libc::SIGPROF,
+                );
+            }
         }
     }
 
@@ -221,7 +271,8 @@ mod imp {
     /// One registered thread as the ticker sees it (identified by its slot).
     struct Member {
         slot: Arc<ThreadSlot>,
-        tid: libc::pid_t,
+        /// The thread's one-shot wall timer; deleted when the member leaves the list.
+        timer: Timer,
         /// The thread's CPU-time clock, readable from any thread of the process.
         clock: libc::clockid_t,
         /// The credit epoch of the last period credited, and the thread's CPU time then.
@@ -232,7 +283,7 @@ mod imp {
     impl Member {
         /// Accounts `periods` wall periods for this thread: credited if it has stayed blocked
         /// where its last wall sample found it, else owed and signalled.
-        fn tick(&mut self, periods: u64, pid: libc::pid_t) {
+        fn tick(&mut self, periods: u64) {
             let slot = &*self.slot;
             let seen = slot.idle.load();
             if seen.is_open() {
@@ -250,43 +301,10 @@ mod imp {
                 }
             }
             if slot.wall_due.fetch_add(periods, Ordering::Release) == 0 {
-                // The thread is alive: it leaves the ticker's list (under the lock we hold)
-                // before it unregisters and exits, so `tid` cannot name a reused thread.
-                queue_wall_signal(pid, self.tid);
+                // The timer is live: it is deleted with this member, which leaves the list
+                // under the lock we hold, before its thread unregisters and exits.
+                self.timer.fire_once();
             }
-        }
-    }
-
-    /// Queues SIGPROF for thread `tid` as a timer signal (`SI_TIMER`, value [`TIMER_WALL`]):
-    /// the kernel drops pending timer signals at `execve`, so a signal queued while the thread
-    /// execs cannot kill the new program. The handler takes the periods from `wall_due`.
-    fn queue_wall_signal(pid: libc::pid_t, tid: libc::pid_t) {
-        // SAFETY: all-zero is a valid siginfo_t; the fields set below are the `_timer` member.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        {
-            // SAFETY: TimerSigInfo mirrors the head of the kernel's siginfo_t (signo, errno,
-            // code, then the `_timer` member at offset 16) and is smaller than siginfo_t.
-            let timer = unsafe { &mut *(&mut info as *mut libc::siginfo_t).cast::<TimerSigInfo>() };
-            timer.signo = libc::SIGPROF;
-            timer.code = libc::SI_TIMER;
-            timer.timer.value = TIMER_WALL as *mut libc::c_void;
-        }
-        // SAFETY: `info` is a valid siginfo_t; rt_tgsigqueueinfo only reads it. A negative
-        // si_code other than SI_TKILL may be sent to any thread of one's own process.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_rt_tgsigqueueinfo,
-                pid,
-                tid,
-                libc::SIGPROF,
-                &info as *const libc::siginfo_t,
-            )
-        };
-        if r != 0 {
-            // Refused (a seccomp filter, say): a plain signal still samples the thread; only
-            // the exec guarantee is lost.
-            // SAFETY: tgkill has no memory preconditions; `tid` is alive (see callers).
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPROF) };
         }
     }
 
@@ -347,6 +365,7 @@ mod imp {
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }
+            let timer = Timer::unarmed(libc::CLOCK_MONOTONIC, TIMER_WALL)?;
             let mut m = self.shared.lock();
             if m.stopped {
                 return Err(io::Error::other("sampling has stopped"));
@@ -360,7 +379,7 @@ mod imp {
             }
             m.list.push(Member {
                 slot: slot.clone(),
-                tid: thread_id() as libc::pid_t,
+                timer,
                 clock,
                 seen_epoch: None,
                 seen_cpu_ns: 0,
@@ -402,8 +421,6 @@ mod imp {
     /// The ticker thread: sleeps to each absolute deadline, then accounts one period (more if
     /// it woke late) for every member.
     fn run(shared: &TickerShared) {
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
         let period = shared.period;
         let mut next = Instant::now() + period;
         loop {
@@ -426,7 +443,7 @@ mod imp {
             next += period * (missed + 1);
             let periods = 1 + u64::from(missed);
             for member in shared.lock().list.iter_mut() {
-                member.tick(periods, pid);
+                member.tick(periods);
             }
         }
     }
@@ -448,6 +465,23 @@ mod imp {
             } else {
                 (0, 0)
             }
+        }
+    }
+
+    /// Decides whether the calling thread's handler may copy memory with `process_vm_readv`
+    /// (see `stackread::copies_allowed_here`); warns once per process when it may not.
+    pub fn allow_copies(slot: &ThreadSlot) {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let ok = crate::stackread::copies_allowed_here();
+        slot.copies.store(ok, Ordering::Relaxed);
+        if !ok && !WARNED.swap(true, Ordering::Relaxed) {
+            crate::diagnostics::warn(
+                "process_vm_readv",
+                "process_vm_readv is not permitted on a registered thread (seccomp?); its \
+                 stacks outside its own stack (fibers, stacker segments, signal handlers on an \
+                 alternate stack) are cut short at their first frame, and its wall samples \
+                 cannot tell waiting from running",
+            );
         }
     }
 
@@ -530,6 +564,7 @@ mod imp {
     pub fn use_signal_stack(_slot: &crate::slot::ThreadSlot) -> Option<AltStackSwap> {
         None
     }
+    pub fn allow_copies(_slot: &crate::slot::ThreadSlot) {}
     pub fn thread_id() -> i64 {
         0
     }
@@ -539,6 +574,6 @@ mod imp {
 }
 
 pub(crate) use imp::{
-    install, settle_wall, stack_bounds, still_installed, thread_cpu_ns, thread_id,
+    allow_copies, install, settle_wall, stack_bounds, still_installed, thread_cpu_ns, thread_id,
     use_signal_stack, AltStackSwap, ThreadTimers, WallTicker,
 };

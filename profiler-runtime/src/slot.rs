@@ -41,6 +41,9 @@ pub struct ThreadSlot {
     pub(crate) stack_top: AtomicU64,
     /// Lowest stack address of the thread; a stack pointer below it is on another stack.
     pub(crate) stack_lo: AtomicU64,
+    /// Whether this thread's handler may copy memory with `process_vm_readv` (see
+    /// `stackread::copies_allowed_here`), decided at registration.
+    pub(crate) copies: std::sync::atomic::AtomicBool,
     /// Samples whose stack was cut short because a read was refused (see `stackread.rs`).
     /// Written only by this thread's handler.
     pub(crate) cut_short: AtomicU64,
@@ -101,6 +104,7 @@ impl ThreadSlot {
             stack_top: AtomicU64::new(stack.1),
             stack_lo: AtomicU64::new(stack.0),
             cut_short: AtomicU64::new(0),
+            copies: std::sync::atomic::AtomicBool::new(false),
             #[cfg(threadprof_sampling)]
             signal_stack,
             wall_period_ns,

@@ -20,7 +20,13 @@
 //! Owns nothing: the window is memory of the slot's `SignalStack`. Touches: `getpid` and
 //! `process_vm_readv`, both plain system calls (async-signal-safe).
 
+use std::sync::OnceLock;
+
 use crate::altstack::WINDOW_BYTES;
+
+/// Copies a walk may make per sample: a chain of garbage frame pointers cannot make one sample
+/// copy more than this many windows.
+const MAX_FILLS: u32 = 8;
 
 /// Granularity of the copies: one `iovec` each, so a copy that stops early stops on one.
 const CHUNK: u64 = 4096;
@@ -33,20 +39,26 @@ pub(crate) struct StackReader {
     window: *mut u8,
     window_base: u64,
     window_len: u64,
+    fills: u32,
+    /// Whether this thread may call `process_vm_readv` ([`copies_allowed_here`]).
+    copies: bool,
     /// A read was refused or failed: the stack was cut short for safety.
     pub(crate) cut_short: bool,
 }
 
 impl StackReader {
     /// `stack` is the thread's stack range from registration (`lo == hi == 0` if unknown);
-    /// `window` is [`WINDOW_BYTES`] of writable memory owned by this thread's handler.
-    pub(crate) fn new(sp: u64, stack: (u64, u64), window: *mut u8) -> StackReader {
+    /// `window` is [`WINDOW_BYTES`] of writable memory owned by this thread's handler (or
+    /// null); `copies` says whether the thread may copy ([`copies_allowed_here`]).
+    pub(crate) fn new(sp: u64, stack: (u64, u64), window: *mut u8, copies: bool) -> StackReader {
         let (lo, hi) = stack;
         StackReader {
             own: (lo <= sp && sp < hi).then_some((sp, hi)),
             window,
             window_base: 0,
             window_len: 0,
+            fills: 0,
+            copies,
             cut_short: false,
         }
     }
@@ -77,8 +89,14 @@ impl StackReader {
         Err(())
     }
 
-    /// Copies up to [`WINDOW_BYTES`] starting at the 4 KiB boundary at or below `addr`.
+    /// Copies up to [`WINDOW_BYTES`] starting at the 4 KiB boundary at or below `addr`; leaves
+    /// the window empty without a window, when copies are off, or after [`MAX_FILLS`].
     fn fill(&mut self, addr: u64) {
+        self.window_len = 0;
+        if self.window.is_null() || !self.copies || self.fills >= MAX_FILLS {
+            return;
+        }
+        self.fills += 1;
         let base = addr & !(CHUNK - 1);
         let mut remote = [libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -109,8 +127,12 @@ impl StackReader {
     }
 }
 
-/// Copies `out.len()` bytes at `addr` into `out`; false if any of them is unreadable.
-pub(crate) fn read_bytes(addr: u64, out: &mut [u8]) -> bool {
+/// Copies `out.len()` bytes at `addr` into `out`; false if any of them is unreadable, or the
+/// thread may not copy (`copies`, from [`copies_allowed_here`]).
+pub(crate) fn read_bytes(addr: u64, out: &mut [u8], copies: bool) -> bool {
+    if !copies {
+        return false;
+    }
     let local = libc::iovec {
         iov_base: out.as_mut_ptr().cast(),
         iov_len: out.len(),
@@ -128,8 +150,9 @@ pub(crate) fn read_bytes(addr: u64, out: &mut [u8]) -> bool {
 /// # Safety
 /// `local` must describe writable memory of at least the total length of `remote`.
 unsafe fn vm_readv(local: &libc::iovec, remote: &[libc::iovec]) -> u64 {
-    // SAFETY: getpid has no preconditions. (Called each time: a forked child has a new pid.)
-    let pid = unsafe { libc::getpid() };
+    // SAFETY: getpid has no preconditions. (Asked each time: a forked child has a new pid; a
+    // raw system call, as the probe's child has no usable C library state.)
+    let pid = unsafe { libc::syscall(libc::SYS_getpid) };
     // SAFETY: the caller guarantees `local`; `remote` is a valid slice of iovecs.
     let r = unsafe {
         libc::syscall(
@@ -145,13 +168,73 @@ unsafe fn vm_readv(local: &libc::iovec, remote: &[libc::iovec]) -> u64 {
     u64::try_from(r).unwrap_or(0)
 }
 
-/// Whether fault-proof reads work in this process (seccomp or a kernel without
-/// `process_vm_readv` may forbid them). Checked once at start; without them, stacks outside a
-/// thread's own stack are cut short at their first frame.
-pub(crate) fn copies_work() -> bool {
-    let probe = 0x5eed_u64;
+/// Whether the calling thread may use `process_vm_readv`. Asked at registration, on the thread
+/// that will be sampled: seccomp filters belong to threads, and a filter may kill the process
+/// (or raise SIGSYS) on a call it does not allow instead of failing it. A thread under no
+/// filter (`PR_GET_SECCOMP` is 0) uses the answer of one direct try, made once per process;
+/// a thread under a filter tries in a child process (a raw `clone`, so no `atfork` handler of
+/// the host runs), which inherits its filter and exits with the answer. Without copies, stacks
+/// outside the thread's own stack are cut short at their first frame, and wall samples cannot
+/// tell a blocked thread from a running one.
+pub(crate) fn copies_allowed_here() -> bool {
+    static UNFILTERED: OnceLock<bool> = OnceLock::new();
+    // SAFETY: PR_GET_SECCOMP takes no further arguments and only reports the mode.
+    let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    if mode == 0 {
+        *UNFILTERED.get_or_init(probe)
+    } else {
+        probe_in_child()
+    }
+}
+
+/// One copy of a known value from our own memory, with raw system calls only.
+fn probe() -> bool {
+    let value = 0x5eed_u64;
     let mut out = [0u8; 8];
-    read_bytes(&probe as *const u64 as u64, &mut out) && u64::from_ne_bytes(out) == probe
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: 8,
+    };
+    let remote = [libc::iovec {
+        iov_base: std::ptr::addr_of!(value) as *mut libc::c_void,
+        iov_len: 8,
+    }];
+    // SAFETY: `local` is `out` (8 writable bytes); `remote` names `value`.
+    let copied = unsafe { vm_readv(&local, &remote) };
+    copied == 8 && u64::from_ne_bytes(out) == value
+}
+
+/// [`probe`] in a child process: true only if it exited normally with success.
+fn probe_in_child() -> bool {
+    // SAFETY: a raw fork (clone with SIGCHLD): the child runs only raw system calls (`probe`)
+    // and leaves with exit_group, touching no lock or C library state of the parent's threads.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
+    if pid == 0 {
+        let code = if probe() { 0 } else { 1 };
+        // SAFETY: ends the child at once.
+        unsafe { libc::syscall(libc::SYS_exit_group, code) };
+        // exit_group does not return; stop here whatever happens.
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid < 0 {
+        return false;
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is ours to write.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false; // reaped by the host's SIGCHLD handler, say: do without copies
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +243,9 @@ mod tests {
 
     #[test]
     fn copies_read_mapped_memory_and_refuse_unmapped_pages() {
-        assert!(copies_work());
+        assert!(probe());
+        assert!(probe_in_child(), "the probe in a child process agrees");
+        assert!(copies_allowed_here());
         // A readable page followed by an inaccessible one.
         // SAFETY: a fresh anonymous mapping of two pages, unmapped at the end of the test.
         let map = unsafe {
@@ -181,20 +266,25 @@ mod tests {
         let protected = unsafe { libc::mprotect((base + 4096) as *mut _, 4096, libc::PROT_NONE) };
         assert_eq!(protected, 0);
         let mut window = vec![0u8; WINDOW_BYTES];
-        let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr());
+        let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr(), true);
         assert_eq!(r.read_u64(base + 4088), Ok(0x1122_3344_5566_7788));
         assert!(!r.cut_short);
         assert_eq!(r.read_u64(base + 4096), Err(()), "PROT_NONE page");
         assert!(r.cut_short);
-        let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr());
+        let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr(), true);
         assert_eq!(r.read_u64(8), Err(()), "null page");
         assert_eq!(r.read_u64(u64::MAX - 3), Err(()), "wraps");
         let mut two = [0u8; 2];
         assert!(
-            !read_bytes(base + 4095, &mut two),
+            !read_bytes(base + 4095, &mut two, true),
             "straddles into PROT_NONE"
         );
-        assert!(read_bytes(base + 4094, &mut two));
+        assert!(read_bytes(base + 4094, &mut two, true));
+        assert!(!read_bytes(base + 4094, &mut two, false), "copies off");
+        let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr(), false);
+        assert_eq!(r.read_u64(base + 4088), Err(()), "copies off");
+        let mut r = StackReader::new(base, (0, 0), std::ptr::null_mut(), true);
+        assert_eq!(r.read_u64(base + 4088), Err(()), "no window");
         // SAFETY: our mapping, unmapped once.
         unsafe { libc::munmap(map, 8192) };
     }
@@ -205,13 +295,13 @@ mod tests {
         let sp = words.as_ptr() as u64;
         let top = sp + 32;
         let mut window = vec![0u8; WINDOW_BYTES];
-        let mut r = StackReader::new(sp, (sp - 4096, top), window.as_mut_ptr());
+        let mut r = StackReader::new(sp, (sp - 4096, top), window.as_mut_ptr(), true);
         assert_eq!(r.read_u64(sp + 8), Ok(8));
         assert_eq!(r.read_u64(sp + 24), Ok(10));
         assert!(!r.cut_short);
         assert_eq!(r.read_u64(sp - 8), Err(()), "below sp");
         assert!(r.cut_short);
-        let mut r = StackReader::new(sp, (sp - 4096, top), window.as_mut_ptr());
+        let mut r = StackReader::new(sp, (sp - 4096, top), window.as_mut_ptr(), true);
         assert_eq!(r.read_u64(top - 4), Err(()), "crosses the top");
     }
 }

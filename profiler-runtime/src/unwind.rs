@@ -48,6 +48,22 @@ static CURRENT: AtomicPtr<CodeMap> = AtomicPtr::new(std::ptr::null_mut());
 /// reads the interrupted registers from the `ucontext` there instead. x86_64 only.
 static SIGRETURN: AtomicU64 = AtomicU64::new(0);
 
+/// The mask that strips pointer-authentication bits from return addresses (aarch64), set once
+/// at start from the highest user address known ([`note_highest_user_address`]).
+static RETURN_ADDRESS_MASK: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Sets the return-address mask from an address known to be near the top of user space.
+pub(crate) fn note_highest_user_address(addr: u64) {
+    RETURN_ADDRESS_MASK.store(return_address_mask(addr), Ordering::Relaxed);
+}
+
+/// The return-address mask. Async-signal-safe: one atomic load.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+#[inline]
+pub(crate) fn return_address_mask_now() -> u64 {
+    RETURN_ADDRESS_MASK.load(Ordering::Relaxed)
+}
+
 /// Records the signal return trampoline (see [`SIGRETURN`]).
 pub(crate) fn note_sigreturn(addr: u64) {
     SIGRETURN.store(addr, Ordering::Relaxed);
@@ -147,9 +163,9 @@ pub(crate) fn refresh() {
 /// The mask that strips pointer-authentication bits from return addresses on aarch64: with PAC,
 /// the bits above the highest user address bit hold a signature, so a signed `lr` does not
 /// match any loaded object until they are cleared. `highest_user_address` is an address known
-/// to be in user space near its top (the thread's stack top): every bit above its highest set
-/// bit is cleared. Pure, so it is tested on every architecture.
-#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+/// to be in user space near its top (the vDSO, which the kernel maps just below the stack,
+/// or the main thread's stack top): every bit above its highest set bit is cleared. Pure, so
+/// it is tested on every architecture.
 pub(crate) fn return_address_mask(highest_user_address: u64) -> u64 {
     if highest_user_address == 0 {
         return u64::MAX;
