@@ -1853,9 +1853,9 @@ fn a_host_alternate_stack_too_small_for_a_signal_frame_is_swapped_while_register
     print_lines(&out, "FOREIGN");
 }
 
-/// Installs a seccomp filter that kills the whole process on `process_vm_readv`, as a
-/// sandbox's allow-list does for a call it does not list.
-fn forbid_process_vm_readv() {
+/// Installs a seccomp filter that answers `process_vm_readv` with `action` (kill the whole
+/// process, or trap with SIGSYS), as a sandbox's allow-list does for a call it does not list.
+fn forbid_process_vm_readv(action: u32) {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
@@ -1915,7 +1915,19 @@ fn child_seccomp() {
         return;
     }
     capture_logs();
-    forbid_process_vm_readv();
+    if std::env::var("SECCOMP_ACTION").as_deref() == Ok("trap") {
+        // The host handles SIGSYS itself (a sandbox's broker would): it must never see one.
+        // SAFETY: a handler that only counts.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = sigsys_handler as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut act.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()), 0);
+        }
+        forbid_process_vm_readv(libc::SECCOMP_RET_TRAP);
+    } else {
+        forbid_process_vm_readv(libc::SECCOMP_RET_KILL_PROCESS);
+    }
     let (p, stats) = sample_scenario("seccomp", || {
         let (lo, _) = stack_bounds();
         let each = foreign_secs() / 2;
@@ -1929,9 +1941,20 @@ fn child_seccomp() {
         }
     });
     assert_eq!(logged(log::Level::Warn, "process_vm_readv"), 1);
+    assert_eq!(
+        SIGSYS_SEEN.load(Ordering::Relaxed),
+        0,
+        "no trapped call in the host"
+    );
     assert!(stats.samples > 1000, "{stats:?}");
     assert!(!p.sample.is_empty());
     println!("CHILD OK");
+}
+
+static SIGSYS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn sigsys_handler(_signal: libc::c_int) {
+    SIGSYS_SEEN.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1939,5 +1962,18 @@ fn child_seccomp() {
 fn a_sandbox_that_kills_on_process_vm_readv_does_not_kill_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_child("seccomp", dir.path(), &[], Duration::from_secs(120));
+    print_lines(&out, "FOREIGN");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_sandbox_that_traps_process_vm_readv_never_reaches_the_hosts_sigsys_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(
+        "seccomp",
+        dir.path(),
+        &[("SECCOMP_ACTION", "trap")],
+        Duration::from_secs(120),
+    );
     print_lines(&out, "FOREIGN");
 }

@@ -53,6 +53,10 @@ mod imp {
     /// `getauxval` key of the vDSO's address (Linux ABI; not in the `libc` crate for every
     /// target).
     const AT_SYSINFO_EHDR: libc::c_ulong = 33;
+    /// `getauxval` key of 16 random bytes on the initial stack.
+    const AT_RANDOM: libc::c_ulong = 25;
+    /// `getauxval` key of the program's path, on the initial stack.
+    const AT_EXECFN: libc::c_ulong = 31;
 
     /// CPU time a thread may use after its handler opened its idle credit, and still count as
     /// not having run, at the first tick: returning from the handler and re-entering its
@@ -91,21 +95,41 @@ mod imp {
         // SA_ONSTACK: run on the registered thread's alternate stack (altstack.rs), not on the
         // interrupted stack, which may be nearly full.
         act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
-        // Every signal is blocked while the handler runs (the kernel restores the mask at
-        // sigreturn). Above all the host's: when the handler has moved from the host's
+        // Every asynchronous signal is blocked while the handler runs (the kernel restores the
+        // mask at sigreturn). Above all the host's: when the handler has moved from the host's
         // alternate stack onto its own, a host signal with SA_ONSTACK would be delivered at the
         // top of the host's stack, over this handler's signal frame. No host handler can run
-        // inside ours (nor jump out of it) either.
-        // SAFETY: sa_mask is owned; sigfillset initialises it.
-        unsafe { libc::sigfillset(&mut act.sa_mask) };
+        // inside ours (nor jump out of it) either. Synchronous ones stay open: a fault in the
+        // handler is fatal either way, but then the host's crash reporter (and std's stack
+        // overflow message) still runs, and a trapping seccomp filter still reaches the host's
+        // SIGSYS handler.
+        // SAFETY: sa_mask is owned; sigfillset initialises it, sigdelset edits it.
+        unsafe {
+            libc::sigfillset(&mut act.sa_mask);
+            for sync in [
+                libc::SIGSEGV,
+                libc::SIGBUS,
+                libc::SIGILL,
+                libc::SIGFPE,
+                libc::SIGTRAP,
+                libc::SIGSYS,
+            ] {
+                libc::sigdelset(&mut act.sa_mask, sync);
+            }
+        }
         // SAFETY: `act` is fully initialised and `on_sigprof` has the SA_SIGINFO signature.
         if unsafe { libc::sigaction(libc::SIGPROF, &act, std::ptr::null_mut()) } != 0 {
             return Err(SignalError::Os(io::Error::last_os_error().to_string()));
         }
-        // The vDSO sits just below the main stack, near the top of user space.
+        // The vDSO and the initial stack (where AT_RANDOM and AT_EXECFN point) sit near the top
+        // of user space; with `ulimit -s unlimited` (the legacy layout) a PIE executable may
+        // sit higher than the vDSO, but not higher than the initial stack.
         // SAFETY: getauxval has no preconditions; 0 means "not provided".
-        let vdso = unsafe { libc::getauxval(AT_SYSINFO_EHDR) } as u64;
-        crate::unwind::note_highest_user_address(vdso.max(stack_bounds().1));
+        let highest = [AT_SYSINFO_EHDR, AT_RANDOM, AT_EXECFN]
+            .iter()
+            .map(|&key| unsafe { libc::getauxval(key) } as u64)
+            .fold(stack_bounds().1, u64::max);
+        crate::unwind::note_highest_user_address(highest);
         #[cfg(target_arch = "x86_64")]
         if let Ok(now) = current_action() {
             if let Some(restorer) = now.sa_restorer {
@@ -120,8 +144,10 @@ mod imp {
         current_action().is_ok_and(|a| a.sa_sigaction == ours())
     }
 
-    /// A POSIX timer id; timer ids are process-wide handles, usable from any thread.
-    pub struct Timer(libc::timer_t);
+    /// A POSIX timer id; timer ids are process-wide handles, usable from any thread. The pid of
+    /// the process that created it: a forked child has no such timer (the id may name one of
+    /// its own), so it never deletes or arms it.
+    pub struct Timer(libc::timer_t, libc::pid_t);
     // SAFETY: a timer_t is an opaque process-wide id, not tied to the creating thread.
     unsafe impl Send for Timer {}
 
@@ -141,7 +167,8 @@ mod imp {
             if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let timer = Timer(id);
+            // SAFETY: getpid has no preconditions.
+            let timer = Timer(id, unsafe { libc::getpid() });
             let period = 1_000_000_000 / u64::from(hz.max(1));
             // First expiry somewhere in (0, period]: a fixed one would make every thread's
             // count of periods err the same way (by half a period on average).
@@ -179,11 +206,21 @@ mod imp {
             if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(Timer(id))
+            // SAFETY: getpid has no preconditions.
+            Ok(Timer(id, unsafe { libc::getpid() }))
+        }
+
+        /// Whether this process created the timer (not a forked child of it).
+        fn ours(&self) -> bool {
+            // SAFETY: getpid has no preconditions.
+            self.1 == unsafe { libc::getpid() }
         }
 
         /// Arms the timer to expire once, now (1 ns ahead): its thread gets one SIGPROF.
         fn fire_once(&self) {
+            if !self.ours() {
+                return;
+            }
             let spec = libc::itimerspec {
                 it_interval: libc::timespec {
                     tv_sec: 0,
@@ -201,7 +238,11 @@ mod imp {
 
     impl Drop for Timer {
         fn drop(&mut self) {
-            // SAFETY: the id came from timer_create and is deleted exactly once, here.
+            if !self.ours() {
+                return;
+            }
+            // SAFETY: the id came from timer_create in this process and is deleted exactly
+            // once, here.
             unsafe { libc::timer_delete(self.0) };
         }
     }
@@ -245,8 +286,25 @@ mod imp {
     /// signal a thread sends itself is handled before `tgkill` returns. Call after leaving the
     /// ticker.
     pub fn settle_wall(slot: &ThreadSlot) {
+        if slot.wall_due.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if sigprof_blocked() {
+            // A signal would stay pending (and kill a program this thread execs next): record
+            // the periods here instead, as a repeat of the thread's last wall stack. The
+            // handler cannot run on this thread while SIGPROF is blocked, so this thread is the
+            // ring's only writer now.
+            let periods = slot.wall_due.swap(0, Ordering::Acquire);
+            if periods > 0 {
+                match slot.buffer.begin() {
+                    Some(record) => record.commit_repeat(slot.tag(), periods),
+                    None => slot.buffer.count_dropped(periods),
+                }
+            }
+            return;
+        }
         // Never send a signal another component's handler did not ask for.
-        if slot.wall_due.load(Ordering::Acquire) > 0 && still_installed() {
+        if still_installed() {
             // SAFETY: getpid/gettid have no preconditions; tgkill targets the calling thread,
             // and SIGPROF's handler is ours (checked just above).
             unsafe {
@@ -257,6 +315,16 @@ mod imp {
                     libc::SIGPROF,
                 );
             }
+        }
+    }
+
+    /// Whether SIGPROF is blocked on the calling thread.
+    fn sigprof_blocked() -> bool {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: a null new set only queries the mask into `set`, which we then read.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), set.as_mut_ptr()) == 0
+                && libc::sigismember(set.as_ptr(), libc::SIGPROF) == 1
         }
     }
 

@@ -20,7 +20,7 @@
 //! Owns nothing: the window is memory of the slot's `SignalStack`. Touches: `getpid` and
 //! `process_vm_readv`, both plain system calls (async-signal-safe).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use crate::altstack::WINDOW_BYTES;
 
@@ -170,21 +170,48 @@ unsafe fn vm_readv(local: &libc::iovec, remote: &[libc::iovec]) -> u64 {
 
 /// Whether the calling thread may use `process_vm_readv`. Asked at registration, on the thread
 /// that will be sampled: seccomp filters belong to threads, and a filter may kill the process
-/// (or raise SIGSYS) on a call it does not allow instead of failing it. A thread under no
-/// filter (`PR_GET_SECCOMP` is 0) uses the answer of one direct try, made once per process;
-/// a thread under a filter tries in a child process (a raw `clone`, so no `atfork` handler of
-/// the host runs), which inherits its filter and exits with the answer. Without copies, stacks
-/// outside the thread's own stack are cut short at their first frame, and wall samples cannot
-/// tell a blocked thread from a running one.
+/// (or raise SIGSYS) on a call it does not allow instead of failing it.
+///
+/// The thread's seccomp state is read from `/proc/thread-self/status` (not asked with `prctl`,
+/// which strict sandboxes forbid too). Under no filter, one direct try per process answers.
+/// Under filters, a try in a child process answers, once per number of filters in force (the
+/// usual case: one filter set at start, shared by every thread; a filter added later changes
+/// the count). The child is a raw `clone` (no `atfork` handler of the host runs; exit signal 0,
+/// so no SIGCHLD reaches the host and no reaper of the host can take it), puts SIGSYS back to
+/// its default action, tries, and exits with the answer. Unreadable `/proc`: no copies.
+///
+/// Without copies, stacks outside the thread's own stack are cut short at their first frame,
+/// and wall samples cannot tell a blocked thread from a running one. A filter a thread installs
+/// after it registered is not seen: sandbox a thread before registering it.
 pub(crate) fn copies_allowed_here() -> bool {
     static UNFILTERED: OnceLock<bool> = OnceLock::new();
-    // SAFETY: PR_GET_SECCOMP takes no further arguments and only reports the mode.
-    let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    static BY_FILTER_COUNT: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
+    let Some((mode, filters)) = seccomp_state() else {
+        return false;
+    };
     if mode == 0 {
-        *UNFILTERED.get_or_init(probe)
-    } else {
-        probe_in_child()
+        return *UNFILTERED.get_or_init(probe);
     }
+    let mut known = BY_FILTER_COUNT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, ok)) = known.iter().find(|(n, _)| *n == filters) {
+        return ok;
+    }
+    let ok = probe_in_child();
+    known.push((filters, ok));
+    ok
+}
+
+/// The calling thread's seccomp mode and number of filters, from its `/proc` status.
+fn seccomp_state() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    // `Seccomp_filters` exists since Linux 5.9; before, count every filtered thread as one.
+    Some((field("Seccomp:")?, field("Seccomp_filters:").unwrap_or(1)))
 }
 
 /// One copy of a known value from our own memory, with raw system calls only.
@@ -206,10 +233,23 @@ fn probe() -> bool {
 
 /// [`probe`] in a child process: true only if it exited normally with success.
 fn probe_in_child() -> bool {
-    // SAFETY: a raw fork (clone with SIGCHLD): the child runs only raw system calls (`probe`)
-    // and leaves with exit_group, touching no lock or C library state of the parent's threads.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
+    // SAFETY: a raw fork (clone with exit signal 0): the child runs only raw system calls and
+    // `probe` (stack only), then leaves with exit_group, touching no lock or C library state of
+    // the parent's threads.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, 0 as libc::c_long, 0, 0, 0, 0) };
     if pid == 0 {
+        // A trapping filter raises SIGSYS: let it end the child, whatever handler the host has.
+        // SAFETY: a raw rt_sigaction with SIG_DFL (a kernel sigaction of zeroes) for SIGSYS.
+        unsafe {
+            let dfl = [0u64; 4];
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                libc::SIGSYS,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
+        }
         let code = if probe() { 0 } else { 1 };
         // SAFETY: ends the child at once.
         unsafe { libc::syscall(libc::SYS_exit_group, code) };
@@ -226,13 +266,13 @@ fn probe_in_child() -> bool {
     }
     let mut status = 0;
     loop {
-        // SAFETY: waits for our own child; `status` is ours to write.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        // SAFETY: waits for our own child (`__WCLONE`: its exit signal is not SIGCHLD).
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WCLONE) };
         if r == pid {
             return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
         }
         if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return false; // reaped by the host's SIGCHLD handler, say: do without copies
+            return false;
         }
     }
 }
