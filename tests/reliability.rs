@@ -1877,7 +1877,7 @@ fn forbid_process_vm_readv(action: u32) {
             code: RET_K,
             jt: 0,
             jf: 0,
-            k: libc::SECCOMP_RET_KILL_PROCESS,
+            k: action,
         },
         libc::sock_filter {
             code: RET_K,
