@@ -181,9 +181,24 @@ unsafe fn vm_readv(local: &libc::iovec, remote: &[libc::iovec]) -> u64 {
 /// its default action, tries, and exits with the answer. Unreadable `/proc`: no copies.
 ///
 /// Without copies, stacks outside the thread's own stack are cut short at their first frame,
-/// and wall samples cannot tell a blocked thread from a running one. A filter a thread installs
-/// after it registered is not seen: sandbox a thread before registering it.
+/// and wall samples cannot tell a blocked thread from a running one. The answer is kept for the
+/// thread's later registrations (reading `/proc` costs more than the rest of a registration),
+/// so a filter a thread installs after its first registration is not seen: sandbox a thread
+/// before registering it.
 pub(crate) fn copies_allowed_here() -> bool {
+    thread_local! {
+        static ANSWER: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    }
+    let cached = ANSWER.try_with(std::cell::Cell::get).ok().flatten();
+    if let Some(ok) = cached {
+        return ok;
+    }
+    let ok = copies_allowed_uncached();
+    let _ = ANSWER.try_with(|a| a.set(Some(ok)));
+    ok
+}
+
+fn copies_allowed_uncached() -> bool {
     static UNFILTERED: OnceLock<bool> = OnceLock::new();
     static BY_FILTER_COUNT: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
     let Some((mode, filters)) = seccomp_state() else {
