@@ -152,23 +152,10 @@ mod imp {
     unsafe impl Send for Timer {}
 
     impl Timer {
+        /// A periodic timer at `hz` on `clock` for the calling thread, first expiring at a point
+        /// in the first period taken from `phase`.
         fn create(clock: libc::clockid_t, kind: usize, hz: u32, phase: u64) -> io::Result<Timer> {
-            // SAFETY: all-zero is a valid sigevent, completed below.
-            let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-            sev.sigev_notify = libc::SIGEV_THREAD_ID;
-            sev.sigev_signo = libc::SIGPROF;
-            sev.sigev_value = libc::sigval {
-                sival_ptr: kind as *mut libc::c_void,
-            };
-            // SAFETY: gettid has no preconditions.
-            sev.sigev_notify_thread_id = unsafe { libc::gettid() };
-            let mut id: libc::timer_t = std::ptr::null_mut();
-            // SAFETY: `sev` and `id` are valid; the thread id is the calling thread's.
-            if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: getpid has no preconditions.
-            let timer = Timer(id, unsafe { libc::getpid() });
+            let timer = Timer::unarmed(clock, kind)?;
             let period = 1_000_000_000 / u64::from(hz.max(1));
             // First expiry somewhere in (0, period]: a fixed one would make every thread's
             // count of periods err the same way (by half a period on average).
@@ -181,15 +168,13 @@ mod imp {
                 it_interval: ts(period),
                 it_value: ts(first),
             };
-            // SAFETY: `id` is the timer just created; `spec` is valid.
-            if unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) } != 0 {
+            // SAFETY: `timer.0` is the timer just created; `spec` is valid.
+            if unsafe { libc::timer_settime(timer.0, 0, &spec, std::ptr::null_mut()) } != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(timer)
         }
-    }
 
-    impl Timer {
         /// A timer on `clock` for the calling thread, not armed.
         fn unarmed(clock: libc::clockid_t, kind: usize) -> io::Result<Timer> {
             // SAFETY: all-zero is a valid sigevent, completed below.
