@@ -960,8 +960,9 @@ fn child_cpu_and_wall_apart() {
         wall.period
     );
     println!(
-        "WALL_NAP {:.2} {:.2}",
+        "WALL_NAP {:.2} {:.2} {:.2}",
         total(&wall, "wall", "apart_nap", Some("waiting")),
+        total(&wall, "wall", "apart_busy", None),
         total(&wall, "wall", "apart_busy", Some("running"))
     );
     println!(
@@ -1010,6 +1011,13 @@ fn cpu_and_wall_windows_are_served_apart() {
     );
     assert!(
         (1.5..3.0).contains(&nap[1]),
+        "wall of the busy thread: {stdout}"
+    );
+    // Mostly running; a busy thread that the machine's other work keeps off the CPU for
+    // more than half a period at a time is labelled waiting (README, wall-clock mode), which on
+    // a loaded 2-core CI machine took 0.9 of 2 s in one run.
+    assert!(
+        nap[2] > 0.25 * nap[1],
         "running wall of the busy thread: {stdout}"
     );
     let go = printed(&stdout, "GO_READ");
