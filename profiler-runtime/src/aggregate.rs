@@ -14,6 +14,7 @@ struct StackKey {
     thread: u64,
     kind: SampleKind,
     truncated: bool,
+    cut_short: bool,
     frames: Box<[u64]>,
 }
 
@@ -136,6 +137,7 @@ impl Aggregator {
                     thread: t.id,
                     kind,
                     truncated: r.truncated,
+                    cut_short: r.cut_short,
                     frames: r.frames.into(),
                 };
                 if r.cpu > 0 {
@@ -293,6 +295,11 @@ impl Aggregator {
             file: None,
             line: 0,
         }];
+        let cut_short_frame = [FrameInfo {
+            name: "[stack cut short: unreadable memory]".into(),
+            file: None,
+            line: 0,
+        }];
         let mut dropped = 0;
         for (&tag, profile) in &self.tags {
             if only.is_some_and(|o| o != tag) {
@@ -318,6 +325,10 @@ impl Aggregator {
                     .collect();
                 if key.truncated {
                     locations.push(b.location(0, 0, &truncated_frame));
+                }
+                if key.cut_short {
+                    // Pseudo-locations are told apart by address (0 is the truncated one).
+                    locations.push(b.location(0, 1, &cut_short_frame));
                 }
                 let mut labels = vec![tag_label];
                 if let Some(t) = self.threads.get(&key.thread) {

@@ -43,6 +43,17 @@ impl SampleKind {
     }
 }
 
+/// How the walk of a record's stack ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackEnd {
+    /// At the root, or where the unwind information ends.
+    Complete,
+    /// The stack was deeper than [`MAX_DEPTH`]: cut at the root end.
+    Truncated,
+    /// Memory the walk needed could not be read safely (see `stackread.rs`).
+    CutShort,
+}
+
 /// One record, as read back by the consumer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -58,6 +69,8 @@ pub struct Record<'a> {
     pub repeat: bool,
     /// Whether the stack was deeper than [`MAX_DEPTH`].
     pub truncated: bool,
+    /// Whether the walk stopped early because memory it needed could not be read safely.
+    pub cut_short: bool,
     /// Frame lookup addresses, leaf first.
     pub frames: &'a [u64],
 }
@@ -249,6 +262,7 @@ impl SampleBuffer {
                 wall_kind: SampleKind::from_bits((header >> 16) & 0xff),
                 truncated: (header >> 24) & 1 == 1,
                 repeat: (header >> 25) & 1 == 1,
+                cut_short: (header >> 26) & 1 == 1,
                 frames: scratch,
             });
             pos += HEADER_WORDS + depth;
@@ -271,10 +285,11 @@ impl RecordWriter<'_> {
     }
 
     /// Publishes the record to the consumer: `cpu` CPU periods and `wall` wall periods (each
-    /// capped at `u32::MAX`) in state `wall_kind`, on the frames pushed.
-    pub fn commit(self, tag: u32, cpu: u64, wall: u64, wall_kind: SampleKind, truncated: bool) {
+    /// capped at `u32::MAX`) in state `wall_kind`, on the frames pushed, and how the walk
+    /// ended.
+    pub fn commit(self, tag: u32, cpu: u64, wall: u64, wall_kind: SampleKind, end: StackEnd) {
         let (cpu, wall) = (cpu.min(u32::MAX.into()), wall.min(u32::MAX.into()));
-        self.publish(tag, cpu | wall << 32, wall_kind, truncated, false);
+        self.publish(tag, cpu | wall << 32, wall_kind, end, false);
         // Single producer: a plain load and store, on this buffer's own counter.
         let recorded = &self.buf.recorded;
         recorded.store(
@@ -289,21 +304,21 @@ impl RecordWriter<'_> {
     pub fn commit_repeat(mut self, tag: u32, wall: u64) {
         self.depth = 0;
         let wall = wall.min(u32::MAX.into());
-        self.publish(tag, wall << 32, SampleKind::WallWaiting, false, true);
+        self.publish(
+            tag,
+            wall << 32,
+            SampleKind::WallWaiting,
+            StackEnd::Complete,
+            true,
+        );
     }
 
-    fn publish(
-        &self,
-        tag: u32,
-        weights: u64,
-        wall_kind: SampleKind,
-        truncated: bool,
-        repeat: bool,
-    ) {
+    fn publish(&self, tag: u32, weights: u64, wall_kind: SampleKind, end: StackEnd, repeat: bool) {
         let header = self.depth
             | (wall_kind as u64) << 16
-            | u64::from(truncated) << 24
+            | u64::from(end == StackEnd::Truncated) << 24
             | u64::from(repeat) << 25
+            | u64::from(end == StackEnd::CutShort) << 26
             | u64::from(tag) << 32;
         self.buf.store(self.start, header);
         self.buf.store(self.start + 1, weights);
@@ -333,7 +348,7 @@ mod tests {
                 for f in 0..per {
                     assert!(w.push(i * 100 + f));
                 }
-                w.commit(7, i, i + 1, SampleKind::WallWaiting, false);
+                w.commit(7, i, i + 1, SampleKind::WallWaiting, StackEnd::Complete);
             }
             written += 1;
         }
@@ -368,10 +383,10 @@ mod tests {
         let mut w = buf.begin().unwrap();
         let pushed = (0..1000).take_while(|&a| w.push(a)).count();
         assert_eq!(pushed, MAX_DEPTH);
-        w.commit(1, 1, 0, SampleKind::WallRunning, true);
+        w.commit(1, 1, 0, SampleKind::WallRunning, StackEnd::Truncated);
         let mut scratch = Vec::new();
         buf.drain(&mut scratch, |r| {
-            assert!(r.truncated && r.frames.len() == MAX_DEPTH)
+            assert!(r.truncated && !r.cut_short && r.frames.len() == MAX_DEPTH)
         });
     }
 
@@ -388,7 +403,13 @@ mod tests {
                         for k in 0..(i % 7) {
                             w.push(i + k);
                         }
-                        w.commit((i % 3) as u32, i, 0, SampleKind::WallRunning, false);
+                        w.commit(
+                            (i % 3) as u32,
+                            i,
+                            0,
+                            SampleKind::WallRunning,
+                            StackEnd::Complete,
+                        );
                         i += 1;
                     }
                 }

@@ -44,7 +44,7 @@ use std::sync::atomic::Ordering;
 use libc::{c_int, c_void, siginfo_t};
 
 use crate::altstack::call_on_stack;
-use crate::buffer::{RecordWriter, SampleKind};
+use crate::buffer::{RecordWriter, SampleKind, StackEnd};
 use crate::slot::{ThreadSlot, CURRENT_SLOT};
 use crate::stackread::StackReader;
 use crate::unwind::{Cache, UnwinderUse};
@@ -223,10 +223,15 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
         &mut state.unwind_cache,
         &mut record,
     );
-    if reader.cut_short {
+    let end = if truncated {
+        StackEnd::Truncated
+    } else if reader.cut_short {
         slot.cut_short.fetch_add(1, Ordering::Relaxed);
-    }
-    record.commit(slot.tag(), cpu, wall, wall_kind, truncated);
+        StackEnd::CutShort
+    } else {
+        StackEnd::Complete
+    };
+    record.commit(slot.tag(), cpu, wall, wall_kind, end);
     if blocked {
         // Until this thread runs again it stays blocked on this stack: let the ticker credit
         // its next periods without waking it. The CPU time is read last, so the little the
