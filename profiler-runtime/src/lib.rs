@@ -18,7 +18,8 @@
 //!
 //! Layout: `handler.rs` is the signal handler and nothing else; it touches only `slot.rs`
 //! (per-thread state), `buffer.rs` (the sample ring), `idle.rs` (wall periods credited to a
-//! blocked thread) and `unwind.rs` (the shared unwinder). `registry.rs` owns threads and their
+//! blocked thread), `unwind.rs` (the shared unwinder), `altstack.rs` (the per-thread signal
+//! stack it runs on) and `stackread.rs` (the memory reads it makes, none of which can fault). `registry.rs` owns threads and their
 //! timers (`sampler.rs`: a CPU timer per thread, one wall ticker); `dump.rs` drains rings into
 //! `aggregate.rs`, resolves names with `symbolize.rs` and writes files; `runtime.rs` starts and
 //! stops it all.
