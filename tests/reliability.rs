@@ -1977,3 +1977,84 @@ fn a_sandbox_that_traps_process_vm_readv_never_reaches_the_hosts_sigsys_handler(
     );
     print_lines(&out, "FOREIGN");
 }
+
+busy_fn!(fork_busy_work, 19u64);
+
+/// Child: with the runtime running, registered threads busy and this thread registered, it
+/// forks `FORKS` times; each forked child unregisters, registers again, flushes, reads the
+/// counters and exits through `exit`. None of that may wait for a thread the child does not
+/// have (the dump thread, the wall ticker) or a lock one of them held at the fork.
+#[test]
+fn child_fork() {
+    if !is_child("fork") {
+        return;
+    }
+    let forks: usize = env_or("FORKS", 200);
+    let _p = start_profiler(&root(), Duration::from_millis(50), 999, 999);
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..2)
+        .map(|_| spawn_busy("fork_busy", fork_busy_work, 20_000, Duration::ZERO, &stop))
+        .collect();
+    let guard = threadprof::enter("forker");
+    let mut failed = Vec::new();
+    for i in 0..forks {
+        black_box(fork_busy_work(20_000 + i as u64));
+        // SAFETY: fork; the child below does only what a forked child of a multithreaded
+        // process may risk in a test (it exits with _exit if anything goes wrong).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // The child ends its copy of the registration; the parent's copy is dropped below.
+            // SAFETY: a bitwise copy of a guard this process (the child) never drops again.
+            drop(unsafe { std::ptr::read(&guard) });
+            let g = threadprof::enter("in_child");
+            black_box(fork_busy_work(10_000));
+            drop(g);
+            let _ = threadprof::flush();
+            let _ = threadprof::stats();
+            std::process::exit(0);
+        }
+        assert!(pid > 0, "fork failed");
+        // Wait up to 10 s for the child, then kill it: a hang is a failure.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child without blocking.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                    failed.push(format!("fork {i}: status {status:#x}"));
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: kill and reap our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                failed.push(format!("fork {i}: hung"));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if failed.len() >= 3 {
+            break;
+        }
+    }
+    drop(guard);
+    stop.store(true, Ordering::Relaxed);
+    for b in busy {
+        b.join().unwrap();
+    }
+    assert!(threadprof::flush(), "the parent's runtime is intact");
+    println!("FORK forks={forks} failed={}", failed.len());
+    assert!(failed.is_empty(), "{failed:?}");
+    println!("CHILD OK");
+}
+
+#[test]
+fn a_forked_child_never_waits_for_the_parents_profiler_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child("fork", dir.path(), &[], Duration::from_secs(300));
+    print_lines(&out, "FORK");
+}

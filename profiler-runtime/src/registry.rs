@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::atomic::{compiler_fence, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
@@ -172,9 +172,49 @@ impl Drop for ThreadGuard {
     }
 }
 
+/// Set in a child process made by `fork` (a `pthread_atfork` child handler, installed when
+/// the runtime starts): the runtime's own threads (dump loop, wall ticker, HTTP) do not exist
+/// there, and a lock one of them held at the fork stays held. Everything then goes inert:
+/// registration returns inert guards, a registration inherited from the parent ends without
+/// touching the registry, and flush, shutdown and the counters do nothing.
+static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn after_fork_in_child() {
+    FORKED_CHILD.store(true, Ordering::Relaxed);
+}
+
+/// Installs the fork handler (once per process, when the runtime starts).
+pub(crate) fn watch_forks() {
+    #[cfg(unix)]
+    // SAFETY: registers a child handler that only stores to an atomic (async-signal-safe, as
+    // code in a forked child of a multithreaded process must be).
+    unsafe {
+        libc::pthread_atfork(None, None, Some(after_fork_in_child));
+    }
+}
+
+/// Whether this process is a forked child of the one that started the runtime.
+pub(crate) fn in_forked_child() -> bool {
+    FORKED_CHILD.load(Ordering::Relaxed)
+}
+
 impl Drop for Registration {
     /// Runs when the last guard drops, or as a TLS destructor if a guard was leaked.
     fn drop(&mut self) {
+        if in_forked_child() {
+            // No dump thread to drain the slot and maybe a registry lock held forever: stop
+            // sampling this thread (its timers did not survive the fork) and leave the rest.
+            let _ = CURRENT_SLOT.try_with(|c| c.set(std::ptr::null()));
+            compiler_fence(Ordering::SeqCst);
+            if let Some(swap) = self.altstack.take() {
+                if !swap.restore() {
+                    if let Some(slot) = &self.slot {
+                        std::mem::forget(slot.clone());
+                    }
+                }
+            }
+            return;
+        }
         self.registry.unregister(self.id);
         // Timers are deleted; clear the handler's pointer before the slot can be freed.
         // SAFETY-relevant ordering: the handler runs on this thread, so a compiler fence

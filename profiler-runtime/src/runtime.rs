@@ -213,6 +213,7 @@ fn start_locked(config: Config) -> Result<(), StartError> {
     if START_PID.set(std::process::id()).is_ok() {
         // SAFETY: at_exit is an extern "C" fn with no arguments that never unwinds.
         unsafe { libc::atexit(at_exit) };
+        crate::registry::watch_forks();
     }
     log::debug!(
         "threadprof started: dir {}, every {:?}, {} Hz CPU, {} Hz wall",
@@ -227,6 +228,9 @@ fn start_locked(config: Config) -> Result<(), StartError> {
 
 /// The running runtime, starting it from defaults and the environment on first use.
 fn active() -> Option<&'static Runtime> {
+    if crate::registry::in_forked_child() {
+        return None;
+    }
     match PHASE.load(Ordering::Acquire) {
         RUNNING => RUNTIME.get(),
         NOT_STARTED => {
@@ -250,7 +254,8 @@ fn active() -> Option<&'static Runtime> {
 ///
 /// Starts the runtime from defaults and `THREADPROF_*` variables if nothing started it yet. Tags
 /// that are not safe file names are sanitised with a warning (see [`crate::tag`]). When
-/// profiling is disabled or stopped this costs one atomic load and returns an inert guard.
+/// profiling is disabled or stopped this costs one atomic load and returns an inert guard; so
+/// it does in a child process made by `fork`, where the runtime's threads do not exist.
 pub fn enter(tag: &str) -> ThreadGuard {
     match active() {
         Some(rt) => rt.registry.enter(tag),
@@ -259,8 +264,12 @@ pub fn enter(tag: &str) -> ThreadGuard {
 }
 
 /// Writes every profile now and waits until the files are written (at most 10 s). Returns
-/// false if the runtime is not running or the dump did not finish in time.
+/// false if the runtime is not running (or this is a forked child of the process that
+/// started it) or the dump did not finish in time.
 pub fn flush() -> bool {
+    if crate::registry::in_forked_child() {
+        return false;
+    }
     let Some(rt) = RUNTIME.get() else {
         return false;
     };
@@ -274,6 +283,9 @@ pub fn flush() -> bool {
 /// Stops sampling and writes the final dumps. Later registrations are no-ops; calling it
 /// again does nothing. Also runs at normal process exit and when the [`Profiler`] drops.
 pub fn shutdown() {
+    if crate::registry::in_forked_child() {
+        return;
+    }
     let _lock = START_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if PHASE.swap(STOPPED, Ordering::AcqRel) != RUNNING {
         return;
@@ -289,6 +301,9 @@ pub fn shutdown() {
 
 /// The threads registered now.
 pub fn live_threads() -> Vec<ThreadInfo> {
+    if crate::registry::in_forked_child() {
+        return Vec::new();
+    }
     RUNTIME
         .get()
         .map(|rt| rt.registry.live_threads())
@@ -327,6 +342,9 @@ pub struct Stats {
 
 /// The profiler's counters now (all zero before the runtime starts).
 pub fn stats() -> Stats {
+    if crate::registry::in_forked_child() {
+        return Stats::default();
+    }
     let Some(rt) = RUNTIME.get() else {
         return Stats::default();
     };
