@@ -36,7 +36,8 @@
 //! past it; the deepest use is printed by `cargo bench --bench overhead`.
 //!
 //! Nothing here allocates, locks, formats, does I/O, or can panic (no indexing that can fail, no
-//! unwrap); SIGPROF is blocked while the handler runs, so it never re-enters itself.
+//! unwrap). Every asynchronous signal, SIGPROF included, is blocked while it runs (sampler.rs),
+//! so it never re-enters itself and no host handler runs inside it.
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
@@ -179,7 +180,8 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
         return;
     };
     // SAFETY: `context` is the ucontext_t of the interrupted code.
-    let (pc, regs, sp) = unsafe { registers(context, slot) };
+    let (pc, regs, sp) = unsafe { registers(context) };
+    let copies = slot.copies.load(Ordering::Relaxed);
     let code = UnwinderUse::begin();
     let mut blocked = false;
     let mut wall_kind = SampleKind::WallRunning;
@@ -194,7 +196,6 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
         // of CPU since the previous wall sample means running.
         // SAFETY: `context` is the ucontext_t of the interrupted code.
         let ret = unsafe { syscall_return(context) };
-        let copies = slot.copies.load(Ordering::Relaxed);
         blocked = code
             .get()
             .is_some_and(|map| in_syscall(map, pc, ret, copies));
@@ -213,7 +214,6 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
         slot.stack_lo.load(Ordering::Relaxed),
         slot.stack_top.load(Ordering::Relaxed),
     );
-    let copies = slot.copies.load(Ordering::Relaxed);
     let mut reader = StackReader::new(sp, stack, window, copies);
     let truncated = unwind(
         &code,
@@ -371,10 +371,7 @@ fn signal_frame(
 /// # Safety
 /// `context` must point to the `ucontext_t` the kernel passed to the handler.
 #[cfg(target_arch = "x86_64")]
-unsafe fn registers(
-    context: *mut c_void,
-    _slot: &ThreadSlot,
-) -> (u64, framehop::UnwindRegsNative, u64) {
+unsafe fn registers(context: *mut c_void) -> (u64, framehop::UnwindRegsNative, u64) {
     // SAFETY: the caller passes the kernel's ucontext_t.
     let gregs = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext.gregs };
     let (pc, sp, bp) = (
@@ -387,19 +384,16 @@ unsafe fn registers(
 
 /// Program counter, framehop registers and stack pointer of the interrupted code.
 ///
-/// # Safety
-/// `context` must point to the `ucontext_t` the kernel passed to the handler.
 /// Return addresses (`lr` and those read from the stack) are stripped of pointer-authentication
 /// bits with the mask set at start (`unwind::return_address_mask_now`).
+///
+/// # Safety
+/// `context` must point to the `ucontext_t` the kernel passed to the handler.
 #[cfg(target_arch = "aarch64")]
-unsafe fn registers(
-    context: *mut c_void,
-    slot: &ThreadSlot,
-) -> (u64, framehop::UnwindRegsNative, u64) {
+unsafe fn registers(context: *mut c_void) -> (u64, framehop::UnwindRegsNative, u64) {
     // SAFETY: the caller passes the kernel's ucontext_t.
     let mc = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext };
     let (pc, sp, fp, lr) = (mc.pc, mc.sp, mc.regs[29], mc.regs[30]);
-    let _ = slot;
     let mask = crate::unwind::return_address_mask_now();
     let regs = framehop::UnwindRegsNative::new_with_ptr_auth_mask(
         framehop::aarch64::PtrAuthMask(mask),

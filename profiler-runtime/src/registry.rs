@@ -198,30 +198,14 @@ pub(crate) fn in_forked_child() -> bool {
     FORKED_CHILD.load(Ordering::Relaxed)
 }
 
-impl Drop for Registration {
-    /// Runs when the last guard drops, or as a TLS destructor if a guard was leaked.
-    fn drop(&mut self) {
-        if in_forked_child() {
-            // No dump thread to drain the slot and maybe a registry lock held forever: stop
-            // sampling this thread (its timers did not survive the fork) and leave the rest.
-            let _ = CURRENT_SLOT.try_with(|c| c.set(std::ptr::null()));
-            compiler_fence(Ordering::SeqCst);
-            if let Some(swap) = self.altstack.take() {
-                if !swap.restore() {
-                    if let Some(slot) = &self.slot {
-                        std::mem::forget(slot.clone());
-                    }
-                }
-            }
-            return;
-        }
-        self.registry.unregister(self.id);
-        // Timers are deleted; clear the handler's pointer before the slot can be freed.
-        // SAFETY-relevant ordering: the handler runs on this thread, so a compiler fence
-        // suffices to keep the store before the `Arc` release below.
+impl Registration {
+    /// Clears the handler's pointer to the slot, then puts back the thread's previous
+    /// alternate stack. The handler runs on this thread, so a compiler fence suffices to keep
+    /// the store before what follows (the slot's `Arc` release); a late SIGPROF then returns
+    /// at once, whatever stack it runs on.
+    fn leave_handler(&mut self) {
         let _ = CURRENT_SLOT.try_with(|c| c.set(std::ptr::null()));
         compiler_fence(Ordering::SeqCst);
-        // A late SIGPROF now returns at once: the host's alternate stack can come back.
         if let Some(swap) = self.altstack.take() {
             if !swap.restore() {
                 // This thread may still run on our stack: keep the slot (and that memory)
@@ -231,6 +215,21 @@ impl Drop for Registration {
                 }
             }
         }
+    }
+}
+
+impl Drop for Registration {
+    /// Runs when the last guard drops, or as a TLS destructor if a guard was leaked.
+    fn drop(&mut self) {
+        if in_forked_child() {
+            // No dump thread to drain the slot and maybe a registry lock held forever: stop
+            // sampling this thread (its timers did not survive the fork) and leave the rest.
+            self.leave_handler();
+            return;
+        }
+        self.registry.unregister(self.id);
+        // Timers are deleted: the handler may stop using the slot.
+        self.leave_handler();
         // Release this thread's reference before waking the dump thread, so that after its
         // final drain the slot is unique and can serve the next registration.
         self.slot = None;

@@ -144,10 +144,8 @@ mod imp {
         current_action().is_ok_and(|a| a.sa_sigaction == ours())
     }
 
-    /// A POSIX timer id; timer ids are process-wide handles, usable from any thread. The pid of
-    /// the process that created it: a forked child has no such timer (the id may name one of
-    /// its own), so it never deletes or arms it.
-    pub struct Timer(libc::timer_t, libc::pid_t);
+    /// A POSIX timer id; timer ids are process-wide handles, usable from any thread.
+    pub struct Timer(libc::timer_t);
     // SAFETY: a timer_t is an opaque process-wide id, not tied to the creating thread.
     unsafe impl Send for Timer {}
 
@@ -191,21 +189,11 @@ mod imp {
             if unsafe { libc::timer_create(clock, &mut sev, &mut id) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // SAFETY: getpid has no preconditions.
-            Ok(Timer(id, unsafe { libc::getpid() }))
-        }
-
-        /// Whether this process created the timer (not a forked child of it).
-        fn ours(&self) -> bool {
-            // SAFETY: getpid has no preconditions.
-            self.1 == unsafe { libc::getpid() }
+            Ok(Timer(id))
         }
 
         /// Arms the timer to expire once, now (1 ns ahead): its thread gets one SIGPROF.
         fn fire_once(&self) {
-            if !self.ours() {
-                return;
-            }
             let spec = libc::itimerspec {
                 it_interval: libc::timespec {
                     tv_sec: 0,
@@ -223,8 +211,8 @@ mod imp {
 
     impl Drop for Timer {
         fn drop(&mut self) {
-            if !self.ours() {
-                return;
+            if crate::registry::in_forked_child() {
+                return; // a forked child has no such timer: the id may name one of its own
             }
             // SAFETY: the id came from timer_create in this process and is deleted exactly
             // once, here.

@@ -20,7 +20,7 @@
 //! Owns nothing: the window is memory of the slot's `SignalStack`. Touches: `getpid` and
 //! `process_vm_readv`, both plain system calls (async-signal-safe).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use crate::altstack::WINDOW_BYTES;
 
@@ -199,25 +199,27 @@ pub(crate) fn copies_allowed_here() -> bool {
 }
 
 fn copies_allowed_uncached() -> bool {
-    static UNFILTERED: OnceLock<bool> = OnceLock::new();
+    /// Answers so far, by number of filters in force (0: no filter, tried directly).
     static BY_FILTER_COUNT: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
-    let Some((mode, filters)) = seccomp_state() else {
+    let Some(filters) = seccomp_filters() else {
         return false;
     };
-    if mode == 0 {
-        return *UNFILTERED.get_or_init(probe);
-    }
     let mut known = BY_FILTER_COUNT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(&(_, ok)) = known.iter().find(|(n, _)| *n == filters) {
         return ok;
     }
-    let ok = probe_in_child();
+    let ok = if filters == 0 {
+        probe()
+    } else {
+        probe_in_child()
+    };
     known.push((filters, ok));
     ok
 }
 
-/// The calling thread's seccomp mode and number of filters, from its `/proc` status.
-fn seccomp_state() -> Option<(u64, u64)> {
+/// The number of seccomp filters in force on the calling thread (0 when it is not filtered),
+/// from its `/proc` status.
+fn seccomp_filters() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
     let field = |name: &str| {
         status
@@ -225,8 +227,11 @@ fn seccomp_state() -> Option<(u64, u64)> {
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
+    if field("Seccomp:")? == 0 {
+        return Some(0);
+    }
     // `Seccomp_filters` exists since Linux 5.9; before, count every filtered thread as one.
-    Some((field("Seccomp:")?, field("Seccomp_filters:").unwrap_or(1)))
+    Some(field("Seccomp_filters:").unwrap_or(1).max(1))
 }
 
 /// One copy of a known value from our own memory, with raw system calls only.
