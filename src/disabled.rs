@@ -25,6 +25,8 @@ pub struct Config {
     pub http_token: Option<String>,
     /// Serve a non-loopback address without a token (never used with the feature off).
     pub http_allow_unauthenticated: bool,
+    /// Most distinct label sets kept (never used with the feature off).
+    pub max_label_sets: usize,
 }
 
 /// Why the profiler could not start (never happens with the feature off).
@@ -111,6 +113,10 @@ impl ProfilerBuilder {
     pub fn http_allow_unauthenticated(self) -> Self {
         self
     }
+    /// No effect with the feature off.
+    pub fn max_label_sets(self, _n: usize) -> Self {
+        self
+    }
     /// Returns an inert handle.
     pub fn start(self) -> Result<Profiler, StartError> {
         Ok(Profiler {
@@ -123,6 +129,7 @@ impl ProfilerBuilder {
                 http_addr: None,
                 http_token: None,
                 http_allow_unauthenticated: false,
+                max_label_sets: 1024,
             },
         })
     }
@@ -202,9 +209,66 @@ pub struct Stats {
     pub failed_dumps: u64,
     /// HTTP profile windows open now.
     pub open_windows: usize,
+    /// Distinct label sets interned.
+    pub label_sets: usize,
 }
 
 /// Always all zero.
 pub fn stats() -> Stats {
     Stats::default()
+}
+
+/// Returns `fut` unchanged.
+#[inline(always)]
+pub fn task<F: std::future::Future>(_tag: &str, fut: F) -> F {
+    fut
+}
+
+/// Returns `fut` unchanged.
+#[inline(always)]
+pub fn labeled<F: std::future::Future>(_labels: &[(&str, &str)], fut: F) -> F {
+    fut
+}
+
+/// Calls `f`.
+#[inline(always)]
+pub fn with_labels<T>(_labels: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+    f()
+}
+
+/// Returns false: nothing is registered with the feature off.
+#[inline(always)]
+pub fn register_current_thread(_tag: &str) -> bool {
+    false
+}
+
+/// The tracing layer with the `enabled` feature off: a layer that does nothing.
+#[cfg(feature = "tracing")]
+pub mod tracing {
+    /// A `tracing_subscriber::Layer` that does nothing (the `enabled` feature is off).
+    #[derive(Clone, Debug, Default)]
+    pub struct SpanLayer;
+
+    /// Returns a layer that does nothing.
+    pub fn layer() -> SpanLayer {
+        SpanLayer
+    }
+
+    impl SpanLayer {
+        /// No effect with the feature off.
+        pub fn with_fields<I, T>(self, _fields: I) -> SpanLayer
+        where
+            I: IntoIterator<Item = T>,
+            T: Into<String>,
+        {
+            self
+        }
+
+        /// No effect with the feature off.
+        pub fn with_span_ids(self, _on: bool) -> SpanLayer {
+            self
+        }
+    }
+
+    impl<S: tracing_core::Subscriber> tracing_subscriber::Layer<S> for SpanLayer {}
 }

@@ -37,8 +37,9 @@ pub use threadprof_macros::profiled_thread;
 
 #[cfg(feature = "enabled")]
 pub use threadprof_runtime::{
-    enter, flush, live_threads, pprof, run, shutdown, spawn, stats, Config, Profiler,
-    ProfilerBuilder, StartError, Stats, ThreadGuard, ThreadInfo, MERGED_FILE,
+    enter, flush, labeled, live_threads, pprof, register_current_thread, run, shutdown, spawn,
+    stats, task, with_labels, Config, Profiled, Profiler, ProfilerBuilder, StartError, Stats,
+    ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
 /// The address the HTTP endpoint listens on, once bound (`http` feature).
@@ -49,12 +50,59 @@ pub use threadprof_runtime::http_local_addr;
 mod disabled;
 #[cfg(not(feature = "enabled"))]
 pub use disabled::{
-    enter, flush, live_threads, run, shutdown, spawn, stats, Config, Profiler, ProfilerBuilder,
-    StartError, Stats, ThreadGuard, ThreadInfo, MERGED_FILE,
+    enter, flush, labeled, live_threads, register_current_thread, run, shutdown, spawn, stats,
+    task, with_labels, Config, Profiler, ProfilerBuilder, StartError, Stats, ThreadGuard,
+    ThreadInfo, MERGED_FILE,
 };
 
-/// Support for the code `#[profiled_thread]` generates. Not public API.
+/// `tracing` spans as sample labels (`tracing` feature).
+///
+/// [`layer()`](tracing::layer) returns a `tracing_subscriber::Layer`: while a span is entered on
+/// a registered thread, samples carry `span_name` (the innermost entered span) and the span
+/// fields picked with `.with_fields([..])` as labels; `.with_span_ids(true)` adds `span_id` to
+/// HTTP profile windows. With the `enabled` feature off the layer does nothing, so code that
+/// adds it builds either way.
+///
+/// ```
+/// use tracing_subscriber::prelude::*;
+/// let subscriber = tracing_subscriber::registry()
+///     .with(threadprof::tracing::layer().with_fields(["route"]));
+/// # drop(subscriber);
+/// ```
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod tracing {
+    #[cfg(feature = "enabled")]
+    pub use threadprof_runtime::{tracing_layer as layer, SpanLayer};
+
+    #[cfg(not(feature = "enabled"))]
+    pub use crate::disabled::tracing::{layer, SpanLayer};
+}
+
+/// Support for the code `#[profiled_thread]` and `#[profiled]` generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::enter;
+
+    /// What `#[profiled]` on an `async fn` wraps the body's future in.
+    #[cfg(feature = "enabled")]
+    pub fn task<F: core::future::Future>(
+        tag: &str,
+        labels: &[(&str, &str)],
+        fut: F,
+    ) -> threadprof_runtime::Profiled<F> {
+        threadprof_runtime::__task(tag, labels, fut)
+    }
+
+    /// What `#[profiled]` on a plain `fn` holds while the call runs: the tag as a nested
+    /// registration (as `enter`), then the labels.
+    #[cfg(feature = "enabled")]
+    pub fn scope(
+        tag: &str,
+        labels: &[(&str, &str)],
+    ) -> (threadprof_runtime::LabelScope, crate::ThreadGuard) {
+        let guard = crate::enter(tag);
+        // Tuple fields drop first to last: the labels go before the tag is put back.
+        (threadprof_runtime::label_scope(labels), guard)
+    }
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use crate::buffer::SampleKind;
+use crate::labels::LabelSet;
 use crate::objects::LoadedObject;
 use crate::pprof::{FrameInfo, Mapping, Profile, ProfileBuilder};
 use crate::registry::ThreadRecord;
@@ -13,6 +14,10 @@ use crate::symbolize::Symbolizer;
 struct StackKey {
     thread: u64,
     kind: SampleKind,
+    /// Label-set id in force.
+    labels: u32,
+    /// Local root span id (0 = none; always 0 in the cumulative profiles, see `drain`).
+    span: u64,
     truncated: bool,
     cut_short: bool,
     frames: Box<[u64]>,
@@ -54,6 +59,9 @@ pub(crate) struct Aggregator {
     threads: HashMap<u64, ThreadMeta>,
     scratch: Vec<u64>,
     started: SystemTime,
+    /// Whether samples keep their span id. Span ids are unbounded, so only HTTP windows (short
+    /// lived) keep them; the cumulative profiles fold them away.
+    keep_spans: bool,
 }
 
 /// Which samples and value columns a profile holds.
@@ -82,6 +90,14 @@ impl View {
     }
 }
 
+/// Turns the ids in samples back into names.
+pub(crate) trait Names {
+    /// The name of tag `id`.
+    fn tag(&self, id: u32) -> String;
+    /// The pairs of label set `id`.
+    fn labels(&self, id: u32) -> LabelSet;
+}
+
 /// Samples taken during one HTTP profile request, limited to one tag or not.
 pub(crate) struct Window {
     pub aggregator: Aggregator,
@@ -105,7 +121,15 @@ impl Aggregator {
             threads: HashMap::new(),
             scratch: Vec::new(),
             started,
+            keep_spans: false,
         }
+    }
+
+    /// An aggregator whose samples keep their span ids (an HTTP window's).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn keeping_spans(mut self) -> Aggregator {
+        self.keep_spans = true;
+        self
     }
 
     /// Moves every complete record out of the threads' rings into these profiles and into
@@ -118,6 +142,7 @@ impl Aggregator {
     ) -> DrainStats {
         let mut stats = DrainStats::default();
         let mut batch: Vec<(u32, StackKey, u64)> = Vec::new();
+        let keep_spans = self.keep_spans;
         for t in threads {
             batch.clear();
             // Read before the ring: credits of this epoch repeat the last record drained below
@@ -136,17 +161,20 @@ impl Aggregator {
                 let key = |kind| StackKey {
                     thread: t.id,
                     kind,
+                    labels: r.context.labels,
+                    span: r.context.span,
                     truncated: r.truncated,
                     cut_short: r.cut_short,
                     frames: r.frames.into(),
                 };
+                let tag = r.context.tag;
                 if r.cpu > 0 {
-                    batch.push((r.tag, key(SampleKind::Cpu), r.cpu));
+                    batch.push((tag, key(SampleKind::Cpu), r.cpu));
                 }
                 if r.wall > 0 {
                     let k = key(r.wall_kind);
-                    batch.push((r.tag, k.clone(), r.wall));
-                    last_wall = Some((r.tag, k));
+                    batch.push((tag, k.clone(), r.wall));
+                    last_wall = Some((tag, k));
                 }
             });
             let taken = t.slot.idle.take(credit);
@@ -186,7 +214,10 @@ impl Aggregator {
                     w.aggregator.add(*tag, key.clone(), *weight);
                 }
             }
-            for (tag, key, weight) in batch.drain(..) {
+            for (tag, mut key, weight) in batch.drain(..) {
+                if !keep_spans {
+                    key.span = 0;
+                }
                 self.add(tag, key, weight);
             }
         }
@@ -250,7 +281,7 @@ impl Aggregator {
         &self,
         only: Option<u32>,
         view: View,
-        tag_name: &dyn Fn(u32) -> String,
+        names: &dyn Names,
         symbols: &mut Symbolizer,
         objects: &[LoadedObject],
     ) -> Profile {
@@ -301,12 +332,13 @@ impl Aggregator {
             line: 0,
         }];
         let mut dropped = 0;
+        let mut label_sets: HashMap<u32, Vec<(String, String)>> = HashMap::new();
         for (&tag, profile) in &self.tags {
             if only.is_some_and(|o| o != tag) {
                 continue;
             }
             dropped += profile.dropped;
-            let tag_label = b.str_label("tag", &tag_name(tag));
+            let tag_label = b.str_label("tag", &names.tag(tag));
             for (key, counts) in &profile.stacks {
                 if !view.keeps(key.kind) {
                     continue;
@@ -334,6 +366,21 @@ impl Aggregator {
                 if let Some(t) = self.threads.get(&key.thread) {
                     labels.push(b.str_label("thread_name", &t.name));
                     labels.push(b.num_label("thread_id", t.tid));
+                }
+                if key.labels != 0 {
+                    let set = label_sets.entry(key.labels).or_insert_with(|| {
+                        names
+                            .labels(key.labels)
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect()
+                    });
+                    for (k, v) in set.iter() {
+                        labels.push(b.str_label(k, v));
+                    }
+                }
+                if key.span != 0 {
+                    labels.push(b.str_label("span_id", &format!("{:016x}", key.span)));
                 }
                 match key.kind {
                     SampleKind::Cpu => {}

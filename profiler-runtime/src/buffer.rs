@@ -2,8 +2,8 @@
 //!
 //! The producer is the signal handler of the one thread that owns the buffer; the consumer is
 //! the dump thread. Both sides only load and store atomics: no locks, no allocation after
-//! construction. A record is a header word, a weight word and `depth` frame addresses (leaf
-//! first); one stack can stand for CPU periods and wall periods at once (a handler run that
+//! construction. A record is a header word, a weight word, the label-set id and the span id in
+//! force (see [`Context`]), and `depth` frame addresses (leaf first); one stack can stand for CPU periods and wall periods at once (a handler run that
 //! served both clocks). A *repeat* record has no frames: its wall periods were credited while
 //! the thread stayed blocked (see `idle.rs`) and repeat the thread's previous record. When a
 //! record does not fit, its periods are counted as dropped.
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const MAX_DEPTH: usize = 256;
 
 /// Words a record needs besides its frames.
-const HEADER_WORDS: u64 = 2;
+const HEADER_WORDS: u64 = 4;
 
 /// The kind of a sample, stored in its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +43,19 @@ impl SampleKind {
     }
 }
 
+/// What a sample is attributed to: the tag, label set and span in force on its thread when it
+/// was taken. The handler copies these ids from the thread's slot; their strings live on the
+/// dump side (`registry.rs` for tags, `labels.rs` for label sets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Context {
+    /// Interned tag id.
+    pub tag: u32,
+    /// Interned label-set id (0 = no labels).
+    pub labels: u32,
+    /// Local root span id of the innermost entered `tracing` span (0 = none).
+    pub span: u64,
+}
+
 /// How the walk of a record's stack ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StackEnd {
@@ -57,8 +70,8 @@ pub enum StackEnd {
 /// One record, as read back by the consumer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Record<'a> {
-    /// The tag id in force when it was taken.
-    pub tag: u32,
+    /// The tag, labels and span in force when it was taken.
+    pub context: Context,
     /// CPU-time periods it stands for (1 + overrun; 0 if the CPU timer did not fire).
     pub cpu: u64,
     /// Wall-clock periods it stands for (0 if no wall period was due).
@@ -255,8 +268,13 @@ impl SampleBuffer {
             let depth = header & 0xffff;
             scratch.clear();
             scratch.extend((0..depth).map(|i| self.load(pos + HEADER_WORDS + i)));
+            let labels = self.load(pos + 2);
             f(Record {
-                tag: (header >> 32) as u32,
+                context: Context {
+                    tag: (header >> 32) as u32,
+                    labels: labels as u32,
+                    span: self.load(pos + 3),
+                },
                 cpu: weight & 0xffff_ffff,
                 wall: weight >> 32,
                 wall_kind: SampleKind::from_bits((header >> 16) & 0xff),
@@ -287,9 +305,16 @@ impl RecordWriter<'_> {
     /// Publishes the record to the consumer: `cpu` CPU periods and `wall` wall periods (each
     /// capped at `u32::MAX`) in state `wall_kind`, on the frames pushed, and how the walk
     /// ended.
-    pub fn commit(self, tag: u32, cpu: u64, wall: u64, wall_kind: SampleKind, end: StackEnd) {
+    pub fn commit(
+        self,
+        context: Context,
+        cpu: u64,
+        wall: u64,
+        wall_kind: SampleKind,
+        end: StackEnd,
+    ) {
         let (cpu, wall) = (cpu.min(u32::MAX.into()), wall.min(u32::MAX.into()));
-        self.publish(tag, cpu | wall << 32, wall_kind, end, false);
+        self.publish(context, cpu | wall << 32, wall_kind, end, false);
         // Single producer: a plain load and store, on this buffer's own counter.
         let recorded = &self.buf.recorded;
         recorded.store(
@@ -301,11 +326,11 @@ impl RecordWriter<'_> {
     /// Publishes a repeat record: `wall` credited periods (capped at `u32::MAX`) that repeat
     /// the thread's previous record. Not counted in [`SampleBuffer::recorded`]: credits are
     /// counted where they are turned into samples.
-    pub fn commit_repeat(mut self, tag: u32, wall: u64) {
+    pub fn commit_repeat(mut self, context: Context, wall: u64) {
         self.depth = 0;
         let wall = wall.min(u32::MAX.into());
         self.publish(
-            tag,
+            context,
             wall << 32,
             SampleKind::WallWaiting,
             StackEnd::Complete,
@@ -313,15 +338,24 @@ impl RecordWriter<'_> {
         );
     }
 
-    fn publish(&self, tag: u32, weights: u64, wall_kind: SampleKind, end: StackEnd, repeat: bool) {
+    fn publish(
+        &self,
+        context: Context,
+        weights: u64,
+        wall_kind: SampleKind,
+        end: StackEnd,
+        repeat: bool,
+    ) {
         let header = self.depth
             | (wall_kind as u64) << 16
             | u64::from(end == StackEnd::Truncated) << 24
             | u64::from(repeat) << 25
             | u64::from(end == StackEnd::CutShort) << 26
-            | u64::from(tag) << 32;
+            | u64::from(context.tag) << 32;
         self.buf.store(self.start, header);
         self.buf.store(self.start + 1, weights);
+        self.buf.store(self.start + 2, u64::from(context.labels));
+        self.buf.store(self.start + 3, context.span);
         self.buf
             .head
             .store(self.start + HEADER_WORDS + self.depth, Ordering::Release);
@@ -333,6 +367,14 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    fn ctx(tag: u32) -> Context {
+        Context {
+            tag,
+            labels: tag + 1,
+            span: u64::from(tag) + 2,
+        }
+    }
+
     #[test]
     fn records_come_back_in_order_and_full_buffer_counts_drops() {
         let buf = SampleBuffer::new(0);
@@ -343,12 +385,12 @@ mod tests {
         for i in 0.. {
             let Some(mut w) = buf.begin() else { break };
             if i % 5 == 4 {
-                w.commit_repeat(7, 3);
+                w.commit_repeat(ctx(7), 3);
             } else {
                 for f in 0..per {
                     assert!(w.push(i * 100 + f));
                 }
-                w.commit(7, i, i + 1, SampleKind::WallWaiting, StackEnd::Complete);
+                w.commit(ctx(7), i, i + 1, SampleKind::WallWaiting, StackEnd::Complete);
             }
             written += 1;
         }
@@ -362,7 +404,8 @@ mod tests {
         let mut scratch = Vec::new();
         let mut seen = 0u64;
         buf.drain(&mut scratch, |r| {
-            assert_eq!((r.tag, r.wall_kind), (7, SampleKind::WallWaiting));
+            assert_eq!((r.context.tag, r.wall_kind), (7, SampleKind::WallWaiting));
+            assert_eq!((r.context.labels, r.context.span), (8, 9));
             if seen % 5 == 4 {
                 assert!(r.repeat && r.frames.is_empty());
                 assert_eq!((r.cpu, r.wall), (0, 3));
@@ -383,7 +426,7 @@ mod tests {
         let mut w = buf.begin().unwrap();
         let pushed = (0..1000).take_while(|&a| w.push(a)).count();
         assert_eq!(pushed, MAX_DEPTH);
-        w.commit(1, 1, 0, SampleKind::WallRunning, StackEnd::Truncated);
+        w.commit(ctx(1), 1, 0, SampleKind::WallRunning, StackEnd::Truncated);
         let mut scratch = Vec::new();
         buf.drain(&mut scratch, |r| {
             assert!(r.truncated && !r.cut_short && r.frames.len() == MAX_DEPTH)
@@ -404,7 +447,11 @@ mod tests {
                             w.push(i + k);
                         }
                         w.commit(
-                            (i % 3) as u32,
+                            Context {
+                                tag: (i % 3) as u32,
+                                labels: i as u32,
+                                span: i << 20,
+                            },
                             i,
                             0,
                             SampleKind::WallRunning,
@@ -420,6 +467,7 @@ mod tests {
         while expect < total {
             buf.drain(&mut scratch, |r| {
                 assert_eq!(r.cpu, expect);
+                assert_eq!((r.context.labels, r.context.span), (expect as u32, expect << 20));
                 assert_eq!(r.frames.len() as u64, expect % 7);
                 assert!(r
                     .frames

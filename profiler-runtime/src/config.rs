@@ -17,6 +17,10 @@ pub const DEFAULT_DUMP_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_FREQUENCY: u32 = 99;
 /// Highest accepted sampling frequency in Hz.
 pub const MAX_FREQUENCY: u32 = 1000;
+/// Default bound on distinct label sets (see [`Config::max_label_sets`]).
+pub const DEFAULT_MAX_LABEL_SETS: usize = 1024;
+/// Highest accepted bound on distinct label sets.
+pub const MAX_LABEL_SETS: usize = 1 << 20;
 /// Longest accepted dump interval (one day).
 pub const MAX_DUMP_INTERVAL: Duration = Duration::from_secs(86_400);
 
@@ -30,6 +34,7 @@ pub const ENV_VARS: &[&str] = &[
     "THREADPROF_HTTP_ADDR",
     "THREADPROF_HTTP_TOKEN",
     "THREADPROF_HTTP_ALLOW_UNAUTHENTICATED",
+    "THREADPROF_MAX_LABEL_SETS",
 ];
 
 /// The prefix the variables had before the crate was named `threadprof`. Such a variable is
@@ -69,6 +74,10 @@ pub struct Config {
     /// Serve a non-loopback address without a token. Off by default: such an address without a
     /// token logs one error and no server starts.
     pub http_allow_unauthenticated: bool,
+    /// Most distinct label sets kept (label sets set with `with_labels`, `labeled`,
+    /// `#[profiled(labels(..))]` or the tracing layer, and their merges). Past it, samples of
+    /// a new set carry `labels=overflow` and one warning is logged. Default 1,024.
+    pub max_label_sets: usize,
 }
 
 impl Default for Config {
@@ -82,6 +91,7 @@ impl Default for Config {
             http_addr: None,
             http_token: None,
             http_allow_unauthenticated: false,
+            max_label_sets: DEFAULT_MAX_LABEL_SETS,
         }
     }
 }
@@ -97,6 +107,7 @@ pub(crate) struct Requested {
     pub http_addr: Option<String>,
     pub http_token: Option<String>,
     pub http_allow_unauthenticated: Option<bool>,
+    pub max_label_sets: Option<usize>,
 }
 
 /// Where a value came from, for warnings.
@@ -151,6 +162,19 @@ fn check_interval(source: Source, shown: &str, interval: Option<Duration>) -> Du
             "not a number of seconds",
             DEFAULT_DUMP_INTERVAL,
         ),
+    }
+}
+
+fn check_label_sets(source: Source, n: usize) -> usize {
+    if n > MAX_LABEL_SETS {
+        fallback(
+            source,
+            &n.to_string(),
+            "must be at most 1048576",
+            DEFAULT_MAX_LABEL_SETS,
+        )
+    } else {
+        n
     }
 }
 
@@ -222,6 +246,9 @@ impl Config {
         if let Some(allow) = req.http_allow_unauthenticated {
             c.http_allow_unauthenticated = allow;
         }
+        if let Some(n) = req.max_label_sets {
+            c.max_label_sets = check_label_sets(Source::Builder("max_label_sets"), n);
+        }
 
         if let Some(v) = env("THREADPROF_ENABLED") {
             let src = Source::Env("THREADPROF_ENABLED");
@@ -270,6 +297,13 @@ impl Config {
             c.http_allow_unauthenticated = parse_bool(&v).unwrap_or_else(|| {
                 fallback(src, &v, "expected 1/0, true/false, yes/no, on/off", false)
             });
+        }
+        if let Some(v) = env("THREADPROF_MAX_LABEL_SETS") {
+            let src = Source::Env("THREADPROF_MAX_LABEL_SETS");
+            c.max_label_sets = match v.trim().parse::<u64>() {
+                Ok(n) => check_label_sets(src, usize::try_from(n).unwrap_or(usize::MAX)),
+                Err(_) => fallback(src, &v, "not a whole number", DEFAULT_MAX_LABEL_SETS),
+            };
         }
         // An empty variable beside a token set in code: the code's token stays in force.
         if matches!(empty_token, Some(Source::Env(_))) && c.http_token.is_some() {
@@ -371,6 +405,10 @@ mod tests {
             with_env(&[("THREADPROF_WALL_FREQUENCY", "2000")]).wall_frequency,
             0
         );
+        for bad in ["-1", "many", "2000000", ""] {
+            let c = with_env(&[("THREADPROF_MAX_LABEL_SETS", bad)]);
+            assert_eq!(c.max_label_sets, DEFAULT_MAX_LABEL_SETS, "{bad}");
+        }
     }
 
     #[test]
@@ -380,8 +418,10 @@ mod tests {
             ("THREADPROF_DUMP_INTERVAL", "0.25"),
             ("THREADPROF_FREQUENCY", "1000"),
             ("THREADPROF_WALL_FREQUENCY", "0"),
+            ("THREADPROF_MAX_LABEL_SETS", "16"),
         ]);
         assert!(!c.enabled);
+        assert_eq!(c.max_label_sets, 16);
         assert_eq!(c.dump_interval, Duration::from_millis(250));
         assert_eq!(c.frequency, 1000);
         assert_eq!(c.wall_frequency, 0);

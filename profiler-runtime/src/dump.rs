@@ -15,7 +15,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::aggregate::{Aggregator, DrainStats, Periods, View, Window};
+use crate::aggregate::{Aggregator, DrainStats, Names, Periods, View, Window};
+use crate::labels::LabelSet;
 use crate::diagnostics::{error, warn};
 use crate::objects;
 use crate::pprof::{encode_gz, Profile};
@@ -196,10 +197,12 @@ impl DumpState {
 
     /// Answers a request from the HTTP server; samples were just drained.
     fn answer(&mut self, command: Command) {
-        let name = |id: u32| self.rt.registry.tag_name(id);
+        let names = RuntimeNames(self.rt);
+        let name = |id: u32| names.tag(id);
         match command {
             Command::OpenWindow(id, tag) => {
-                let aggregator = Aggregator::new(self.periods, std::time::SystemTime::now());
+                let aggregator = Aggregator::new(self.periods, std::time::SystemTime::now())
+                    .keeping_spans();
                 self.windows.insert(id, Window { aggregator, tag });
                 self.count_windows();
             }
@@ -209,7 +212,7 @@ impl DumpState {
                     let (objects, _) = objects::loaded_objects(false);
                     let p = w
                         .aggregator
-                        .to_profile(None, view, &name, &mut self.symbols, &objects);
+                        .to_profile(None, view, &names, &mut self.symbols, &objects);
                     let _ = reply.send(p);
                 }
             }
@@ -221,7 +224,7 @@ impl DumpState {
                 let (objects, _) = objects::loaded_objects(false);
                 let p =
                     self.aggregator
-                        .to_profile(tag, View::All, &name, &mut self.symbols, &objects);
+                        .to_profile(tag, View::All, &names, &mut self.symbols, &objects);
                 let _ = reply.send(p);
             }
             Command::Counts(reply) => {
@@ -326,8 +329,8 @@ impl DumpState {
             return;
         }
         let (objects, _) = objects::loaded_objects(false);
-        let registry = &self.rt.registry;
-        let name = |id: u32| registry.tag_name(id);
+        let names = RuntimeNames(self.rt);
+        let name = |id: u32| names.tag(id);
         let mut files: Vec<(String, Option<u32>)> = tags
             .iter()
             .map(|&id| (format!("{}.pb.gz", name(id)), Some(id)))
@@ -341,7 +344,7 @@ impl DumpState {
             }
             let profile =
                 self.aggregator
-                    .to_profile(only, View::All, &name, &mut self.symbols, &objects);
+                    .to_profile(only, View::All, &names, &mut self.symbols, &objects);
             let result = encode_gz(&profile).and_then(|bytes| write_atomic(dir, &file, &bytes));
             if let Err(e) = result {
                 failures.push(format!("{file}: {e}"));
@@ -390,4 +393,17 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Res
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Names of tags and label sets, from the runtime's registry and label sets.
+struct RuntimeNames(&'static Runtime);
+
+impl Names for RuntimeNames {
+    fn tag(&self, id: u32) -> String {
+        self.0.registry.tag_name(id)
+    }
+
+    fn labels(&self, id: u32) -> LabelSet {
+        self.0.labels.get(id)
+    }
 }

@@ -21,6 +21,8 @@
 //!   inside `[interrupted sp, thread stack top)` when sp is on the thread's own stack, else a
 //!   copy by `process_vm_readv` (a system call that fails with EFAULT instead of faulting).
 //!   So no unwind rule, register value or foreign stack can make it fault.
+//! - `ThreadSlot::context`: two relaxed atomic loads of the slot's own words (the tag, label
+//!   set and span ids in force; their strings are never touched here).
 //! - `cut_short.fetch_add` (relaxed) on the slot's own counter when a read was refused.
 //! - `SampleBuffer::begin`/`push`/`commit`/`commit_repeat`/`count_dropped`: relaxed/acquire/
 //!   release atomic loads, stores and one `fetch_add`, into memory allocated at registration.
@@ -171,7 +173,7 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
     };
     if credited > 0 {
         match slot.buffer.begin() {
-            Some(record) => record.commit_repeat(slot.tag(), credited),
+            Some(record) => record.commit_repeat(slot.context(), credited),
             None => slot.buffer.count_dropped(credited),
         }
     }
@@ -231,7 +233,7 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
     } else {
         StackEnd::Complete
     };
-    record.commit(slot.tag(), cpu, wall, wall_kind, end);
+    record.commit(slot.context(), cpu, wall, wall_kind, end);
     if blocked {
         // Until this thread runs again it stays blocked on this stack: let the ticker credit
         // its next periods without waking it. The CPU time is read last, so the little the

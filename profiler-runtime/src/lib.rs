@@ -51,6 +51,8 @@ mod http;
 #[cfg(feature = "enabled")]
 mod idle;
 #[cfg(feature = "enabled")]
+mod labels;
+#[cfg(feature = "enabled")]
 mod objects;
 #[cfg(feature = "enabled")]
 mod registry;
@@ -60,12 +62,16 @@ mod runtime;
 mod sampler;
 #[cfg(feature = "enabled")]
 mod slot;
+#[cfg(feature = "tracing")]
+mod spans;
 #[cfg(threadprof_sampling)]
 mod stackread;
 #[cfg(feature = "enabled")]
 mod symbolize;
 #[cfg(feature = "enabled")]
 pub mod tag;
+#[cfg(feature = "enabled")]
+mod task;
 #[cfg(threadprof_sampling)]
 mod unwind;
 
@@ -84,6 +90,13 @@ pub use runtime::{
 };
 #[cfg(feature = "enabled")]
 pub use sampler::SignalError;
+#[cfg(feature = "tracing")]
+pub use spans::{layer as tracing_layer, SpanLayer, SPAN_NAME};
+#[cfg(feature = "enabled")]
+pub use task::{
+    label_scope, labeled, register_current_thread, task, with_labels, LabelScope, Profiled,
+    __task,
+};
 
 /// Stack use of the signal handler on the calling thread (bench support). Not public API.
 #[doc(hidden)]

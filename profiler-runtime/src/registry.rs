@@ -104,8 +104,8 @@ struct Registration {
     altstack: Option<sampler::AltStackSwap>,
     /// `None` only while the registration is being dropped.
     slot: Option<Arc<ThreadSlot>>,
-    /// (guard id, tag id), innermost last.
-    guards: Vec<(u64, u32)>,
+    /// (guard id, slot context in force before it), innermost last.
+    guards: Vec<(u64, u64)>,
     next_guard: u64,
     registry: &'static Registry,
 }
@@ -156,16 +156,23 @@ impl Drop for ThreadGuard {
         let ended = REGISTRATION.try_with(|cell| {
             let mut cell = cell.borrow_mut();
             let reg = cell.as_mut()?;
-            reg.guards.retain(|&(g, _)| g != self.id);
-            match reg.guards.last() {
-                Some(&(_, tag)) => {
-                    if let Some(slot) = &reg.slot {
-                        slot.current_tag.store(tag, Ordering::Relaxed);
-                    }
-                    None
-                }
-                None => cell.take(),
+            let i = reg.guards.iter().position(|&(g, _)| g == self.id)?;
+            let (_, before) = reg.guards.remove(i);
+            if reg.guards.is_empty() {
+                return cell.take();
             }
+            match reg.guards.get_mut(i) {
+                // An outer guard dropped first: the next one in restores what this one found.
+                Some(next) => next.1 = before,
+                // The innermost: put back the context in force when it was entered (task
+                // polls and label scopes in between restore their own).
+                None => {
+                    if let Some(slot) = &reg.slot {
+                        slot.context.store(before, Ordering::Relaxed);
+                    }
+                }
+            }
+            None
         });
         // Dropped outside the borrow: unregistering takes the registry lock and logs.
         drop(ended);
@@ -284,6 +291,11 @@ impl Registry {
         id
     }
 
+    /// The id of tag `raw` (sanitised with a warning if it is not a safe file name).
+    pub(crate) fn intern_tag(&self, raw: &str) -> u32 {
+        Self::intern(&mut self.lock(), raw)
+    }
+
     /// Every tag registered so far, in order of first use.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn tag_names(&self) -> Vec<String> {
@@ -322,9 +334,15 @@ impl Registry {
             let reg = cell.as_mut()?;
             reg.next_guard += 1;
             let guard = reg.next_guard;
-            reg.guards.push((guard, tag_id));
+            let before = reg
+                .slot
+                .as_ref()
+                .map_or(u64::from(tag_id), |s| s.context.load(Ordering::Relaxed));
+            reg.guards.push((guard, before));
             if let Some(slot) = &reg.slot {
-                slot.current_tag.store(tag_id, Ordering::Relaxed);
+                // The tag changes; labels in force stay.
+                let labels = before & !u64::from(u32::MAX);
+                slot.context.store(labels | u64::from(tag_id), Ordering::Relaxed);
             }
             Some(guard)
         });
@@ -419,7 +437,7 @@ impl Registry {
             id,
             altstack,
             slot: Some(slot),
-            guards: vec![(1, tag_id)],
+            guards: vec![(1, u64::from(tag_id))],
             next_guard: 1,
             registry: self,
         };

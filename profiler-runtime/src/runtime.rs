@@ -29,6 +29,8 @@ const FINAL_DUMP_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Runtime {
     pub config: Config,
     pub registry: Registry,
+    /// Label sets in use (`labels.rs`).
+    pub labels: crate::labels::LabelSets,
     pub started: SystemTime,
     /// Whether the signal handler is installed (false when unsupported or refused).
     pub sampling: bool,
@@ -137,6 +139,15 @@ impl ProfilerBuilder {
         self
     }
 
+    /// Most distinct label sets kept (default 1,024, at most 1,048,576; 0 turns labels off:
+    /// every set is then `labels=overflow`). Past the bound, samples of a new set carry
+    /// `labels=overflow` and one warning is logged, so request ids used as labels cannot grow
+    /// memory or dumps without bound.
+    pub fn max_label_sets(mut self, n: usize) -> Self {
+        self.req.max_label_sets = Some(n);
+        self
+    }
+
     /// Whether to profile at all (default true). When false, registration is one atomic load.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.req.enabled = Some(enabled);
@@ -184,6 +195,7 @@ fn start_locked(config: Config) -> Result<(), StartError> {
     crate::unwind::refresh();
     let rt = Runtime {
         registry: Registry::new(&config, sampling),
+        labels: crate::labels::LabelSets::new(config.max_label_sets),
         started: SystemTime::now(),
         sampling,
         dumps: DumpCounters::default(),
@@ -226,8 +238,17 @@ fn start_locked(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The running runtime, if it runs (never starts it): one atomic load when it does not.
+#[inline]
+pub(crate) fn running() -> Option<&'static Runtime> {
+    if PHASE.load(Ordering::Acquire) != RUNNING || crate::registry::in_forked_child() {
+        return None;
+    }
+    RUNTIME.get()
+}
+
 /// The running runtime, starting it from defaults and the environment on first use.
-fn active() -> Option<&'static Runtime> {
+pub(crate) fn active() -> Option<&'static Runtime> {
     if crate::registry::in_forked_child() {
         return None;
     }
@@ -338,6 +359,9 @@ pub struct Stats {
     /// HTTP profile windows open now (always 0 without the `http` feature). A window whose
     /// requester disconnected is removed within about 0.1 s.
     pub open_windows: usize,
+    /// Distinct label sets interned (at most `THREADPROF_MAX_LABEL_SETS`; see
+    /// [`ProfilerBuilder::max_label_sets`]).
+    pub label_sets: usize,
 }
 
 /// The profiler's counters now (all zero before the runtime starts).
@@ -357,5 +381,6 @@ pub fn stats() -> Stats {
         dumps: rt.dumps.written.load(Ordering::Relaxed),
         failed_dumps: rt.dumps.failed.load(Ordering::Relaxed),
         open_windows: rt.dumps.open_windows.load(Ordering::Relaxed),
+        label_sets: rt.labels.len(),
     }
 }

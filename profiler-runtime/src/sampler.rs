@@ -270,7 +270,7 @@ mod imp {
             let periods = slot.wall_due.swap(0, Ordering::Acquire);
             if periods > 0 {
                 match slot.buffer.begin() {
-                    Some(record) => record.commit_repeat(slot.tag(), periods),
+                    Some(record) => record.commit_repeat(slot.context(), periods),
                     None => slot.buffer.count_dropped(periods),
                 }
             }

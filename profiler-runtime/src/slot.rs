@@ -7,9 +7,9 @@
 //! same thread as the code that clears it, the handler never sees a dangling slot.
 
 use std::cell::{Cell, UnsafeCell};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::buffer::SampleBuffer;
+use crate::buffer::{Context, SampleBuffer};
 use crate::idle::IdleCredit;
 
 /// Ring size per thread, in 64-bit words (256 KiB): about 1 s of deep stacks at 1000 Hz, while
@@ -35,8 +35,13 @@ pub(crate) struct HandlerState {
 /// One registered thread's sampling state.
 pub struct ThreadSlot {
     pub(crate) buffer: SampleBuffer,
-    /// Tag id in force; changed by nested `enter` on the owning thread.
-    pub(crate) current_tag: AtomicU32,
+    /// Tag id (low 32 bits) and label-set id (high 32 bits) in force, in one word so that the
+    /// handler never sees one without the other. Written only by the owning thread (nested
+    /// `enter`, task polls, label scopes); read by its handler.
+    pub(crate) context: AtomicU64,
+    /// Local root span id of the innermost entered `tracing` span (0 = none); written only by
+    /// the owning thread.
+    pub(crate) span: AtomicU64,
     /// Highest stack address of the thread (exclusive); reads above it are refused.
     pub(crate) stack_top: AtomicU64,
     /// Lowest stack address of the thread; a stack pointer below it is on another stack.
@@ -100,7 +105,8 @@ impl ThreadSlot {
         };
         ThreadSlot {
             buffer: SampleBuffer::new(BUFFER_WORDS),
-            current_tag: AtomicU32::new(tag),
+            context: AtomicU64::new(u64::from(tag)),
+            span: AtomicU64::new(0),
             stack_top: AtomicU64::new(stack.1),
             stack_lo: AtomicU64::new(stack.0),
             cut_short: AtomicU64::new(0),
@@ -124,7 +130,8 @@ impl ThreadSlot {
     /// keyed by code address, not by thread.
     pub(crate) fn reuse(&mut self, tag: u32, stack: (u64, u64), thread_cpu_ns: u64) {
         self.buffer.clear();
-        *self.current_tag.get_mut() = tag;
+        *self.context.get_mut() = u64::from(tag);
+        *self.span.get_mut() = 0;
         *self.stack_top.get_mut() = stack.1;
         *self.stack_lo.get_mut() = stack.0;
         *self.cut_short.get_mut() = 0;
@@ -149,6 +156,16 @@ impl ThreadSlot {
 
     /// Tag id in force.
     pub(crate) fn tag(&self) -> u32 {
-        self.current_tag.load(Ordering::Relaxed)
+        self.context.load(Ordering::Relaxed) as u32
+    }
+
+    /// Tag, labels and span in force (async-signal-safe: two relaxed loads).
+    pub(crate) fn context(&self) -> Context {
+        let word = self.context.load(Ordering::Relaxed);
+        Context {
+            tag: word as u32,
+            labels: (word >> 32) as u32,
+            span: self.span.load(Ordering::Relaxed),
+        }
     }
 }
