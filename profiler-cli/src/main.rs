@@ -1,8 +1,10 @@
 //! `threadprof`: list, print, draw, diff and merge the dumps written by the `threadprof` crate.
 //!
 //! Reads standard gzipped pprof files, so it also works on other tools' profiles. Bad input
-//! gets one line on stderr and exit status 1; usage errors exit with status 2.
+//! gets one line on stderr and exit status 1; usage errors (including a `--label` without
+//! `KEY=VALUE`) exit with status 2.
 
+mod labels;
 mod load;
 mod merge;
 mod report;
@@ -14,7 +16,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use load::{read, read_path, stacks, Selection};
+use labels::LabelMatch;
+use load::{read, read_path, stacks, Selection, Stacks};
+use threadprof_runtime::pprof::Profile;
 
 /// Read the per-thread profiles written by the `threadprof` crate.
 #[derive(Parser)]
@@ -53,6 +57,12 @@ struct Filter {
     /// Only samples with this tag (label `tag`).
     #[arg(long)]
     tag: Option<String>,
+    /// Only samples whose label KEY is exactly VALUE, e.g. `route=/ingest` (repeatable).
+    ///
+    /// A sample without KEY does not match; with several `--label`, a sample must match all.
+    /// Numeric labels (`thread_id`) compare as decimal text.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<LabelMatch>,
     /// Which value to show.
     #[arg(long = "type", value_enum, default_value_t)]
     sample_type: SampleType,
@@ -65,6 +75,12 @@ impl Filter {
             thread: self.thread.clone(),
             tag: self.tag.clone(),
         }
+    }
+
+    /// The selected value of `profile`'s samples that pass every filter, by stack.
+    fn stacks(&self, mut profile: Profile) -> Result<Stacks> {
+        labels::retain_matching(&mut profile, &self.labels);
+        Ok(stacks(&profile, &self.selection())?)
     }
 }
 
@@ -87,6 +103,14 @@ enum Command {
         /// Order by flat (own) or cum (own + callees) value.
         #[arg(long, value_enum, default_value_t = Sort::Flat)]
         sort: Sort,
+        /// One section per value of label KEY, e.g. `route`, biggest total first.
+        ///
+        /// Each is headed `KEY=value: total T, P% of W` (W: the total of all sections) and
+        /// holds the usual table, its shares of the section's own total. Samples without KEY
+        /// come last, under `KEY=(none)`; sections with a zero total are left out. The filters
+        /// apply first. Numeric labels (`thread_id`) work too.
+        #[arg(long, value_name = "KEY", value_parser = labels::parse_group_key)]
+        by: Option<String>,
         #[command(flatten)]
         filter: Filter,
     },
@@ -133,6 +157,39 @@ fn single(path: &Path) -> Result<load::Loaded> {
     }
 }
 
+/// `top --by KEY`'s sections for one profile, in print order, and the values' unit.
+fn top_sections(
+    mut profile: Profile,
+    filter: &Filter,
+    key: &str,
+) -> Result<(String, Vec<report::Section>)> {
+    labels::retain_matching(&mut profile, &filter.labels);
+    let sel = filter.selection();
+    let groups = labels::take_groups(&mut profile, key);
+    // The profile has no samples now: this only checks the sample type and reads its unit.
+    let unit = stacks(&profile, &sel)?.unit;
+    let mut sections = Vec::new();
+    for group in groups {
+        profile.sample = group.samples;
+        let group_stacks = stacks(&profile, &sel)?;
+        if group_stacks.total() != 0 {
+            sections.push(report::Section {
+                value: group.value,
+                stacks: group_stacks,
+            });
+        }
+    }
+    // Biggest total first, ties by value; the samples without the key last.
+    sections.sort_by_cached_key(|s| {
+        (
+            s.value.is_none(),
+            std::cmp::Reverse(s.stacks.total()),
+            s.value.clone(),
+        )
+    });
+    Ok((unit, sections))
+}
+
 fn run(cli: Cli) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -148,15 +205,25 @@ fn run(cli: Cli) -> Result<()> {
             path,
             n,
             sort,
+            by,
             filter,
         } => {
-            for (i, loaded) in read_path(&path)?.iter().enumerate() {
+            let by_cum = matches!(sort, Sort::Cum);
+            for (i, loaded) in read_path(&path)?.into_iter().enumerate() {
                 if i > 0 {
                     writeln!(out)?;
                 }
-                let s = stacks(&loaded.profile, &filter.selection())?;
                 let title = format!("{} ({})", loaded.name(), filter.sample_type.name());
-                report::top(&mut out, &title, &s, n, matches!(sort, Sort::Cum))?;
+                match &by {
+                    None => {
+                        let s = filter.stacks(loaded.profile)?;
+                        report::top(&mut out, &title, &s, n, by_cum)?;
+                    }
+                    Some(key) => {
+                        let (unit, sections) = top_sections(loaded.profile, &filter, key)?;
+                        report::top_by(&mut out, &title, key, &unit, &sections, n, by_cum)?;
+                    }
+                }
             }
         }
         Command::Flamegraph {
@@ -165,8 +232,8 @@ fn run(cli: Cli) -> Result<()> {
             filter,
         } => {
             let loaded = single(&path)?;
-            let s = stacks(&loaded.profile, &filter.selection())?;
             let title = format!("{} ({})", loaded.name(), filter.sample_type.name());
+            let s = filter.stacks(loaded.profile)?;
             let mut svg = Vec::new();
             report::flamegraph(&mut svg, &title, &s)?;
             std::fs::write(&output, svg)
@@ -174,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Folded { path, filter } => {
             let loaded = single(&path)?;
-            for line in report::folded_lines(&stacks(&loaded.profile, &filter.selection())?) {
+            for line in report::folded_lines(&filter.stacks(loaded.profile)?) {
                 writeln!(out, "{line}")?;
             }
         }
@@ -184,9 +251,8 @@ fn run(cli: Cli) -> Result<()> {
             n,
             filter,
         } => {
-            let sel = filter.selection();
-            let b = stacks(&single(&base)?.profile, &sel)?;
-            let nw = stacks(&single(&new)?.profile, &sel)?;
+            let b = filter.stacks(single(&base)?.profile)?;
+            let nw = filter.stacks(single(&new)?.profile)?;
             report::diff(&mut out, &b, &nw, n)?;
         }
         Command::Merge { inputs, output } => {

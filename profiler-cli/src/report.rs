@@ -1,4 +1,4 @@
-//! Text reports: `ls`, `top`, `folded`, `diff`, and the flame graph.
+//! Text reports: `ls`, `top` (also by label value), `folded`, `diff`, and the flame graph.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -40,9 +40,57 @@ pub fn top(
     n: usize,
     by_cum: bool,
 ) -> Result<()> {
+    writeln!(
+        out,
+        "{title}: total {}",
+        human(stacks.total(), &stacks.unit)
+    )?;
+    top_table(out, stacks, n, by_cum)
+}
+
+/// One section of `threadprof top --by KEY`: the samples whose label KEY has one value.
+pub struct Section {
+    /// The value, or `None` for the samples without the key.
+    pub value: Option<String>,
+    /// Their stacks.
+    pub stacks: Stacks,
+}
+
+/// `threadprof top --by KEY`: a title line with the whole total, then per section a heading
+/// `KEY=value: total T, P% of W` (`KEY=(none)` for samples without the key) and the `top`
+/// table of its samples, whose shares are of the section's total. Sections are printed in
+/// the order given; `unit` is the values' unit, for when there are no sections.
+pub fn top_by(
+    out: &mut dyn Write,
+    title: &str,
+    key: &str,
+    unit: &str,
+    sections: &[Section],
+    n: usize,
+    by_cum: bool,
+) -> Result<()> {
+    let whole: i64 = sections.iter().map(|s| s.stacks.total()).sum();
+    writeln!(out, "{title}: total {}, by {key}", human(whole, unit))?;
+    for s in sections {
+        let total = s.stacks.total();
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{key}={}: total {}, {:.2}% of {}",
+            s.value.as_deref().unwrap_or("(none)"),
+            human(total, unit),
+            pct(total, whole),
+            human(whole, unit)
+        )?;
+        top_table(out, &s.stacks, n, by_cum)?;
+    }
+    Ok(())
+}
+
+/// The column header and the `n` top rows; shares are of `stacks`' own total.
+fn top_table(out: &mut dyn Write, stacks: &Stacks, n: usize, by_cum: bool) -> Result<()> {
     let total = stacks.total();
     let unit = &stacks.unit;
-    writeln!(out, "{title}: total {}", human(total, unit))?;
     let mut rows: Vec<(&str, (i64, i64))> = flat_cum(stacks).into_iter().collect();
     rows.sort_by(|a, b| {
         let key = |r: &(&str, (i64, i64))| {
