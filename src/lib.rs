@@ -35,6 +35,27 @@
 /// `enabled` feature off, the function is returned untouched.
 pub use threadprof_macros::profiled_thread;
 
+/// Profiles a function under a tag and labels, wherever it runs.
+///
+/// - On an `async fn` (free function, associated function or method, generic, with `?`,
+///   `return` and `impl Trait` returns alike) the signature is kept and the body runs as a
+///   task: every poll of its future, on whichever thread polls it, is attributed to the tag
+///   and labels.
+/// - On a plain fn, the tag and labels are in force from the top of the body until it returns
+///   or panics, on the calling thread.
+///
+/// `#[profiled(tag = "load_user", labels(region = "eu", tier = "gold"))]`. Without `tag`, the
+/// function's name is the tag (tags must match `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`, checked at
+/// compile time). Label keys are identifiers (`r#type` gives the key `type`) and values string
+/// literals; `tag`, `thread_name`, `thread_id`, `state` and `span_id` are the profiler's own
+/// keys and cannot be used. `crate = "path"` names the `threadprof` crate if you renamed the
+/// dependency. With the `enabled` feature off, the function is returned untouched.
+///
+/// A plain fn that returns a future (written by hand, or by `#[async_trait]` before this
+/// attribute runs) is profiled only while it builds the future, not while the future runs:
+/// put the attribute on an `async fn`.
+pub use threadprof_macros::profiled;
+
 #[cfg(feature = "enabled")]
 pub use threadprof_runtime::{
     enter, flush, labeled, live_threads, pprof, register_current_thread, run, shutdown, spawn,

@@ -2,7 +2,7 @@
 //! a set of pass-throughs. Run with `cargo test -p threadprof` (no features).
 #![cfg(not(feature = "enabled"))]
 
-use threadprof::profiled_thread;
+use threadprof::{profiled, profiled_thread};
 
 // Untouched means still `const`: the enabled attribute rejects `const fn` (it registers at run
 // time), so this only compiles if nothing was inserted.
@@ -24,6 +24,24 @@ async fn still_async() -> u8 {
     5
 }
 
+// The same for #[profiled]: `const` survives, arguments are not parsed, async stays async with
+// no task around its body.
+#[profiled(tag = "x", labels(region = "eu"))]
+const fn answer_too() -> u32 {
+    43
+}
+const ANSWER_TOO: u32 = answer_too();
+
+#[profiled(tag = 123, labels(), labels(tag = 1), anything = "goes")]
+fn ignored_args_too(x: u8) -> u8 {
+    x + 2
+}
+
+#[profiled]
+async fn still_async_too() -> u8 {
+    6
+}
+
 #[test]
 fn the_attribute_returns_the_function_untouched() {
     assert_eq!(ANSWER, 42);
@@ -32,6 +50,13 @@ fn the_attribute_returns_the_function_untouched() {
     assert!(
         std::mem::size_of_val(&fut) <= 8,
         "the future holds no guard"
+    );
+    assert_eq!(ANSWER_TOO, 43);
+    assert_eq!(ignored_args_too(1), 3);
+    let fut = still_async_too();
+    assert!(
+        std::mem::size_of_val(&fut) <= 8,
+        "the future holds no task state"
     );
 }
 

@@ -1,5 +1,5 @@
-//! Compile-time behaviour of `#[profiled_thread]`: every error it emits, and the function
-//! shapes it must accept unchanged.
+//! Compile-time behaviour of `#[profiled_thread]` and `#[profiled]`: every error they emit, and
+//! the function shapes they must accept unchanged.
 #![cfg(feature = "enabled")]
 
 #[test]

@@ -1,9 +1,16 @@
-//! The `#[profiled_thread]` attribute of the [`threadprof`](https://docs.rs/threadprof) crate.
+//! The `#[profiled_thread]` and `#[profiled]` attributes of the
+//! [`threadprof`](https://docs.rs/threadprof) crate.
 //!
-//! Use it through `threadprof::profiled_thread`; see that crate for documentation. The work is
-//! split by job: `attr.rs` parses the arguments, `valid.rs` checks them against the function,
-//! `expand.rs` writes the guard. With the `enabled` feature off the input is returned untouched
-//! and none of that (nor syn) is compiled.
+//! Use them through `threadprof::profiled_thread` and `threadprof::profiled`; see that crate
+//! for documentation. `#[profiled_thread]` registers the thread running a function;
+//! `#[profiled]` profiles a function under a tag and labels, as a task on an `async fn` (the
+//! body moves into an `async move` block wrapped by `threadprof::__private::task`) and as a
+//! scope on a plain fn (a guard from `threadprof::__private::scope` at the top of the body).
+//!
+//! The work is split by job: `attr.rs` parses the arguments, `valid.rs` checks them against the
+//! function, `expand.rs` writes the guard or the task. Every error points at the token at fault
+//! and is emitted beside the untouched function. With the `enabled` feature off the input is
+//! returned untouched and none of that (nor syn) is compiled.
 
 use proc_macro::TokenStream;
 
@@ -23,6 +30,26 @@ pub fn profiled_thread(args: TokenStream, item: TokenStream) -> TokenStream {
     #[cfg(feature = "enabled")]
     {
         expand::profiled_thread(args.into(), item.into()).into()
+    }
+    #[cfg(not(feature = "enabled"))]
+    {
+        let _ = args;
+        item
+    }
+}
+
+/// Profiles the function under a tag and labels: a task on an `async fn`, a scope on a plain fn.
+///
+/// `#[profiled(tag = "load_user", labels(region = "eu"))]`, `#[profiled]` (the function's name
+/// is the tag), and `crate = "my_profiler"` for a renamed dependency. On an `async fn` the
+/// body runs inside `threadprof::__private::task`, which enters the tag and labels on every
+/// poll, whichever thread polls; on a plain fn a guard from `threadprof::__private::scope` is
+/// held until the function returns or panics.
+#[proc_macro_attribute]
+pub fn profiled(args: TokenStream, item: TokenStream) -> TokenStream {
+    #[cfg(feature = "enabled")]
+    {
+        expand::profiled(args.into(), item.into()).into()
     }
     #[cfg(not(feature = "enabled"))]
     {

@@ -1,16 +1,22 @@
 //! Checks between parsing and expansion: the item is a supported function, the tag is a safe
-//! file name, and the crate path parses.
+//! file name, the labels are distinct and not the profiler's own, and the crate path parses.
 
 use proc_macro2::Span;
+use quote::ToTokens;
 use syn::{Error, ItemFn};
 
-use crate::attr::Args;
+use crate::attr::{Args, Attribute, Labels};
 
 /// What expansion needs, all checked.
 pub(crate) struct Checked {
     pub tag: syn::LitStr,
+    /// `(key, value)` in the order written; keys are string literals spanned at the key.
+    pub labels: Vec<(syn::LitStr, syn::LitStr)>,
     pub krate: syn::Path,
 }
+
+/// Label keys the profiler writes itself on every sample.
+const RESERVED_LABEL_KEYS: [&str; 5] = ["tag", "thread_name", "thread_id", "state", "span_id"];
 
 /// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`: the tag names a file in the output directory.
 pub(crate) fn tag_problem(tag: &str) -> Option<String> {
@@ -37,20 +43,61 @@ pub(crate) fn tag_problem(tag: &str) -> Option<String> {
     None
 }
 
-pub(crate) fn check(args: Args, func: &ItemFn) -> syn::Result<Checked> {
+fn check_labels(labels: Labels, errors: &mut Vec<Error>) -> Vec<(syn::LitStr, syn::LitStr)> {
+    if labels.pairs.is_empty() {
+        let mut written = labels.keyword.to_token_stream();
+        labels.paren.surround(&mut written, |_| {});
+        errors.push(Error::new_spanned(
+            written,
+            "`labels()` is empty; list at least one `key = \"value\"` pair or remove `labels()`",
+        ));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut checked = Vec::new();
+    for label in labels.pairs {
+        let key = label.key_name();
+        if RESERVED_LABEL_KEYS.contains(&key.as_str()) {
+            errors.push(Error::new_spanned(
+                &label.key,
+                format!(
+                    "the label key `{key}` is reserved: the profiler writes its own `{key}` label \
+                     on every sample; choose another key"
+                ),
+            ));
+        } else if seen.contains(&key) {
+            errors.push(Error::new_spanned(
+                &label.key,
+                format!("the label `{key}` is given more than once; keep one"),
+            ));
+        } else {
+            checked.push((syn::LitStr::new(&key, label.key.span()), label.value));
+        }
+        seen.push(key);
+    }
+    checked
+}
+
+pub(crate) fn check(attribute: Attribute, args: Args, func: &ItemFn) -> syn::Result<Checked> {
     let sig = &func.sig;
     let mut errors: Vec<Error> = Vec::new();
     if let Some(c) = &sig.constness {
+        let why = match attribute {
+            Attribute::ProfiledThread => "registering a thread happens at run time",
+            Attribute::Profiled => "a profiling scope is entered at run time",
+        };
         errors.push(Error::new_spanned(
             c,
-            "#[profiled_thread] cannot be used on a `const fn`: registering a thread happens at run time; remove `const` or the attribute",
+            format!(
+                "{} cannot be used on a `const fn`: {why}; remove `const` or the attribute",
+                attribute.name()
+            ),
         ));
     }
-    if let Some(a) = &sig.asyncness {
+    if let (Some(a), Attribute::ProfiledThread) = (&sig.asyncness, attribute) {
         errors.push(Error::new_spanned(
             a,
-            "#[profiled_thread] does not support `async fn` yet: a future can move between threads; \
-             inside the function, hold `let _guard = threadprof::enter(\"tag\");` only across code that stays on one thread",
+            "#[profiled_thread] marks a thread's entry function and cannot go on an `async fn` \
+             (a future moves between threads); use #[profiled(tag = \"...\")] on async functions",
         ));
     }
     let tag = match args.tag {
@@ -69,11 +116,21 @@ pub(crate) fn check(args: Args, func: &ItemFn) -> syn::Result<Checked> {
             if let Some(problem) = tag_problem(&name) {
                 errors.push(Error::new_spanned(
                     &sig.ident,
-                    format!("the function name cannot serve as the tag ({problem}); give one: #[profiled_thread(tag = \"name\")]"),
+                    format!(
+                        "the function name cannot serve as the tag ({problem}); give one: {}",
+                        match attribute {
+                            Attribute::ProfiledThread => "#[profiled_thread(tag = \"name\")]",
+                            Attribute::Profiled => "#[profiled(tag = \"name\")]",
+                        }
+                    ),
                 ));
             }
             syn::LitStr::new(&name, sig.ident.span())
         }
+    };
+    let labels = match args.labels {
+        Some(labels) => check_labels(labels, &mut errors),
+        None => Vec::new(),
     };
     let krate = match args.krate {
         Some(lit) => match lit.parse::<syn::Path>() {
@@ -95,7 +152,7 @@ pub(crate) fn check(args: Args, func: &ItemFn) -> syn::Result<Checked> {
         a
     }) {
         Some(e) => Err(e),
-        None => Ok(Checked { tag, krate }),
+        None => Ok(Checked { tag, labels, krate }),
     }
 }
 

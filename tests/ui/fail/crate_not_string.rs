@@ -1,0 +1,4 @@
+#[threadprof::profiled(crate = threadprof)]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[threadprof::profiled(tag = "x", labels())]
+async fn f() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[threadprof::profiled(labels(region, tier = "gold"))]
+async fn f() {}
+
+fn main() {}

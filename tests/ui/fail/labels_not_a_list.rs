@@ -1,0 +1,4 @@
+#[threadprof::profiled(labels = "region=eu")]
+async fn f() {}
+
+fn main() {}

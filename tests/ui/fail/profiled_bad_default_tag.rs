@@ -1,0 +1,4 @@
+#[threadprof::profiled]
+async fn _load_user() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[threadprof::profiled(tag = "x")]
+const fn compile_time() -> u32 {
+    1
+}
+
+fn main() {}

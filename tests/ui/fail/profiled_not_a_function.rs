@@ -1,0 +1,8 @@
+struct Monitor;
+
+#[threadprof::profiled(tag = "x")]
+impl Monitor {
+    fn run(&self) {}
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+const TAG: &str = "x";
+
+#[threadprof::profiled(tag = TAG)]
+async fn f() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[threadprof::profiled_thread(tag = "x", labels(region = "eu"))]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+trait Service {
+    #[threadprof::profiled(tag = "x")]
+    async fn call(&self);
+}
+
+fn main() {}

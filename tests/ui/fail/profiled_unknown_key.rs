@@ -1,0 +1,4 @@
+#[threadprof::profiled(tag = "x", label(region = "eu"))]
+async fn f() {}
+
+fn main() {}
