@@ -20,6 +20,13 @@ use threadprof::pprof::Profile;
 
 const CHILD: &str = "THREADPROF_TEST_CHILD";
 
+/// The tests of this binary run one at a time: the accuracy cases compare shares within 2 pp,
+/// and the other cases' busy threads competing for the 2 cores would only add noise.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One runtime for the in-process tests of this binary, at 999 Hz.
 fn dir() -> &'static Path {
     static STATE: OnceLock<(tempfile::TempDir, threadprof::Profiler)> = OnceLock::new();
@@ -110,6 +117,7 @@ impl Wake for NoopWake {
 
 #[test]
 fn a_task_keeps_its_tag_on_every_thread_that_polls_it() {
+    let _serial = serial();
     dir();
     // Polled by two plain threads in turn: each is registered by its first poll, under its
     // name, and the task's samples carry the task's tag on both.
@@ -153,15 +161,6 @@ fn a_task_keeps_its_tag_on_every_thread_that_polls_it() {
         "{by_tag:?}"
     );
     let seen = threads_of(&p, "migrant_work");
-    {
-        let mut c: HashMap<(String, i64), usize> = HashMap::new();
-        for s in &p.sample {
-            if p.stack_names(s).iter().any(|n| n.contains("migrant_work")) {
-                *c.entry((p.label_str(s, "thread_name").unwrap_or("?").to_owned(), p.label_num(s, "thread_id").unwrap_or(-1))).or_default() += 1;
-            }
-        }
-        eprintln!("DEBUG tids {tids:?} samples {c:?}");
-    }
     let polled: HashSet<i64> = tids.into_iter().collect();
     assert_eq!(polled.len(), 8, "eight threads polled it");
     assert_eq!(seen, polled, "samples from every thread that polled it");
@@ -178,6 +177,7 @@ fn a_task_keeps_its_tag_on_every_thread_that_polls_it() {
 
 #[test]
 fn tokio_workers_are_registered_by_a_first_poll_and_unregistered_at_exit() {
+    let _serial = serial();
     dir();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -228,6 +228,7 @@ fn tokio_workers_are_registered_by_a_first_poll_and_unregistered_at_exit() {
 
 #[test]
 fn a_panic_inside_a_poll_puts_the_previous_tag_and_labels_back() {
+    let _serial = serial();
     dir();
     let t = threadprof::spawn("panic_base", || {
         let tid = gettid();
@@ -250,7 +251,9 @@ fn a_panic_inside_a_poll_puts_the_previous_tag_and_labels_back() {
     t.join().unwrap();
     let p = merged();
     assert_eq!(
-        cpu_by_label(&p, "after_panic_work", "tag").keys().collect::<Vec<_>>(),
+        cpu_by_label(&p, "after_panic_work", "tag")
+            .keys()
+            .collect::<Vec<_>>(),
         vec!["panic_base"]
     );
     assert_eq!(
@@ -264,6 +267,7 @@ fn a_panic_inside_a_poll_puts_the_previous_tag_and_labels_back() {
 
 #[test]
 fn nested_labels_merge_inner_wins_and_restore() {
+    let _serial = serial();
     dir();
     threadprof::spawn("labels_sync", || {
         threadprof::with_labels(&[("route", "/a"), ("user", "u1")], || {
@@ -309,13 +313,18 @@ fn nested_labels_merge_inner_wins_and_restore() {
     assert_eq!(only("back_to_outer_work", "step"), [""], "inner removed");
     assert_eq!(only("labeled_future_work", "route"), ["/c"]);
     assert_eq!(only("labeled_future_work", "user"), ["u2"]);
-    for f in ["outer_label_work", "inner_label_work", "labeled_future_work"] {
+    for f in [
+        "outer_label_work",
+        "inner_label_work",
+        "labeled_future_work",
+    ] {
         assert_eq!(only(f, "tag"), ["labels_sync"], "{f}: tag unchanged");
     }
 }
 
 #[test]
 fn pool_threads_registered_at_start_profile_blocking_work() {
+    let _serial = serial();
     dir();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -338,7 +347,9 @@ fn pool_threads_registered_at_start_profile_blocking_work() {
             .collect::<Vec<_>>(),
         vec!["pool"]
     );
-    assert!(!threadprof::live_threads().iter().any(|t| t.name == "tp-pool"));
+    assert!(!threadprof::live_threads()
+        .iter()
+        .any(|t| t.name == "tp-pool"));
 }
 
 #[cfg(feature = "tracing")]
@@ -352,6 +363,7 @@ async fn handle_request(route: &'static str, ms: u64) {
 #[cfg(feature = "tracing")]
 #[test]
 fn tracing_spans_become_labels() {
+    let _serial = serial();
     use tracing_subscriber::prelude::*;
     dir();
     let subscriber =
@@ -378,7 +390,10 @@ fn tracing_spans_become_labels() {
         (2.0..4.5).contains(&(ingest / query)),
         "3:1 by route: {routes:?}"
     );
-    assert!(!routes.contains_key(""), "every sample in a span: {routes:?}");
+    assert!(
+        !routes.contains_key(""),
+        "every sample in a span: {routes:?}"
+    );
     assert_eq!(
         cpu_by_label(&p, "span_work", "span_name")
             .into_keys()
@@ -435,7 +450,8 @@ impl<F: Future> Future for Measured<F> {
         let start = thread_cpu();
         let r = self.inner.as_mut().poll(cx);
         let spent = thread_cpu() - start;
-        self.cpu.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+        self.cpu
+            .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
         r
     }
 }
@@ -447,8 +463,11 @@ fn child_task_ratio() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    // Poll lengths: the error of a per-thread CPU timer over one poll is at most one period
-    // and about uniform, so longer polls at 99 Hz keep the error of the share well under 2 pp.
+    // Poll lengths: a thread's CPU timer is checked at the kernel's tick (4 ms at HZ=250), and
+    // a sample stands for the CPU used since the previous one but goes to the poll running at
+    // the tick; so each poll's share is right on average, off by up to a tick either way. At
+    // least a tick per light poll (heavy: 3 ticks), and longer polls at 99 Hz, keep the error of
+    // the share well under 2 pp (measured: 0.1-1.5 pp).
     let light_ms: u64 = std::env::var("LIGHT_MS").unwrap().parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -552,11 +571,13 @@ fn task_ratio(hz: &str, light_ms: &str) {
 
 #[test]
 fn task_shares_match_measured_cpu_at_999_hz() {
-    task_ratio("999", "2");
+    let _serial = serial();
+    task_ratio("999", "4");
 }
 
 #[test]
 fn task_shares_match_measured_cpu_at_99_hz() {
+    let _serial = serial();
     task_ratio("99", "40");
 }
 
@@ -606,6 +627,7 @@ fn child_label_flood() {
 
 #[test]
 fn a_million_distinct_label_sets_stay_bounded_and_warn_once() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = run_child("child_label_flood", dir.path(), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);

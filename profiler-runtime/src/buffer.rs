@@ -390,7 +390,13 @@ mod tests {
                 for f in 0..per {
                     assert!(w.push(i * 100 + f));
                 }
-                w.commit(ctx(7), i, i + 1, SampleKind::WallWaiting, StackEnd::Complete);
+                w.commit(
+                    ctx(7),
+                    i,
+                    i + 1,
+                    SampleKind::WallWaiting,
+                    StackEnd::Complete,
+                );
             }
             written += 1;
         }
@@ -467,7 +473,10 @@ mod tests {
         while expect < total {
             buf.drain(&mut scratch, |r| {
                 assert_eq!(r.cpu, expect);
-                assert_eq!((r.context.labels, r.context.span), (expect as u32, expect << 20));
+                assert_eq!(
+                    (r.context.labels, r.context.span),
+                    (expect as u32, expect << 20)
+                );
                 assert_eq!(r.frames.len() as u64, expect % 7);
                 assert!(r
                     .frames

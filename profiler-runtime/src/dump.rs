@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::aggregate::{Aggregator, DrainStats, Names, Periods, View, Window};
-use crate::labels::LabelSet;
 use crate::diagnostics::{error, warn};
+use crate::labels::LabelSet;
 use crate::objects;
 use crate::pprof::{encode_gz, Profile};
 use crate::registry::ThreadRecord;
@@ -201,8 +201,8 @@ impl DumpState {
         let name = |id: u32| names.tag(id);
         match command {
             Command::OpenWindow(id, tag) => {
-                let aggregator = Aggregator::new(self.periods, std::time::SystemTime::now())
-                    .keeping_spans();
+                let aggregator =
+                    Aggregator::new(self.periods, std::time::SystemTime::now()).keeping_spans();
                 self.windows.insert(id, Window { aggregator, tag });
                 self.count_windows();
             }
@@ -210,9 +210,9 @@ impl DumpState {
                 if let Some(w) = self.windows.remove(&id) {
                     self.count_windows();
                     let (objects, _) = objects::loaded_objects(false);
-                    let p = w
-                        .aggregator
-                        .to_profile(None, view, &names, &mut self.symbols, &objects);
+                    let p =
+                        w.aggregator
+                            .to_profile(None, view, &names, &mut self.symbols, &objects);
                     let _ = reply.send(p);
                 }
             }

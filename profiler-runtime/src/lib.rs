@@ -94,8 +94,7 @@ pub use sampler::SignalError;
 pub use spans::{layer as tracing_layer, SpanLayer, SPAN_NAME};
 #[cfg(feature = "enabled")]
 pub use task::{
-    label_scope, labeled, register_current_thread, task, with_labels, LabelScope, Profiled,
-    __task,
+    __task, label_scope, labeled, register_current_thread, task, with_labels, LabelScope, Profiled,
 };
 
 /// Stack use of the signal handler on the calling thread (bench support). Not public API.

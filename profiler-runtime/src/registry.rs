@@ -342,7 +342,8 @@ impl Registry {
             if let Some(slot) = &reg.slot {
                 // The tag changes; labels in force stay.
                 let labels = before & !u64::from(u32::MAX);
-                slot.context.store(labels | u64::from(tag_id), Ordering::Relaxed);
+                slot.context
+                    .store(labels | u64::from(tag_id), Ordering::Relaxed);
             }
             Some(guard)
         });

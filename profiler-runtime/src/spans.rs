@@ -179,7 +179,10 @@ where
             }
         };
         let root = if self.span_ids {
-            span.scope().from_root().next().map(|root| root.id().into_u64())
+            span.scope()
+                .from_root()
+                .next()
+                .map(|root| root.id().into_u64())
         } else {
             None
         };
