@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "ACCURACY_CHILD";
@@ -553,6 +554,183 @@ fn idle_child(n: usize, hz: u32, seconds: f64) {
     println!("IDLE cpu={}", process_cpu() - cpu0);
 }
 
+/// Busy loop for task polls (never inlined, so the profile can name it).
+#[inline(never)]
+fn task_spin(n: u64) -> u64 {
+    let mut x = black_box(0x5eed_u64);
+    for i in 0..n {
+        x = x.rotate_left(5) ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    black_box(x)
+}
+
+/// A task that burns `per_poll` of CPU at each of `polls` polls, yielding in between.
+struct TaskLoad {
+    per_poll: Duration,
+    polls: u32,
+}
+
+impl std::future::Future for TaskLoad {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let start = thread_cpu();
+        while thread_cpu() - start < self.per_poll.as_secs_f64() {
+            task_spin(2_000);
+        }
+        self.polls -= 1;
+        if self.polls == 0 {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Wraps a future and adds the thread CPU time of each of its polls to `cpu`.
+struct Measured<F> {
+    inner: std::pin::Pin<Box<F>>,
+    cpu: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<F: std::future::Future> std::future::Future for Measured<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let start = thread_cpu();
+        let r = self.inner.as_mut().poll(cx);
+        let ns = ((thread_cpu() - start) * 1e9) as u64;
+        self.cpu.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+}
+
+/// Task kinds of the tasks scenario: (tag, CPU weight).
+const TASK_KINDS: [(&str, u32); 3] = [("ingest", 3), ("compact", 2), ("query", 1)];
+
+/// Three task kinds with CPU in ratio 3:2:1 interleaved on a 2-worker tokio runtime for
+/// about `seconds` of wall time; the shortest poll is `poll_ms`. Prints per task kind the CPU
+/// measured around its polls and the CPU its tag has in the profile.
+fn tasks_child(hz: u32, poll_ms: f64, seconds: f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let _p = threadprof_runtime::Profiler::builder()
+        .frequency(hz)
+        .output_dir(dir.path())
+        .dump_interval(Duration::from_secs(3600))
+        .start()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    // Two workers busy for `seconds`: 2 s of CPU a second, over 2 copies of 3 kinds whose polls
+    // last 3, 2 and 1 units, each polled `polls` times: 12 * polls units in all.
+    let unit = Duration::from_secs_f64(poll_ms / 1e3);
+    let polls = (2.0 * seconds / (12.0 * unit.as_secs_f64())).max(2.0) as u32;
+    let measured: Vec<Arc<std::sync::atomic::AtomicU64>> =
+        TASK_KINDS.iter().map(|_| Arc::default()).collect();
+    rt.block_on(async {
+        let mut handles = Vec::new();
+        for copy in 0..2u32 {
+            for (k, (tag, weight)) in TASK_KINDS.iter().enumerate() {
+                // Slightly different poll lengths per copy, so no pattern aliases with the timer.
+                let per_poll = unit * *weight + Duration::from_micros(u64::from(copy) * 113);
+                let load = TaskLoad { per_poll, polls };
+                handles.push(tokio::spawn(Measured {
+                    inner: Box::pin(threadprof_runtime::task(tag, load)),
+                    cpu: measured[k].clone(),
+                }));
+            }
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    drop(rt);
+    assert!(threadprof_runtime::flush());
+    let bytes = std::fs::read(dir.path().join(threadprof_runtime::MERGED_FILE)).unwrap();
+    let p = threadprof_runtime::pprof::decode_gz(&bytes).unwrap();
+    let cpu = p.sample_type_index("cpu").unwrap();
+    for (k, (tag, _)) in TASK_KINDS.iter().enumerate() {
+        let prof: i64 = p
+            .sample
+            .iter()
+            .filter(|s| p.label_str(s, "tag") == Some(*tag))
+            .map(|s| s.value[cpu])
+            .sum();
+        println!(
+            "TASK tag={tag} truth={} prof={}",
+            measured[k].load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+            prof as f64 / 1e9
+        );
+    }
+}
+
+fn tasks_table(quick: bool) {
+    let seconds = 3.0;
+    let reps = if quick { 1 } else { 3 };
+    println!();
+    println!(
+        "## Tasks: three task kinds (CPU 3:2:1) interleaved on 2 tokio workers for {seconds} s"
+    );
+    println!();
+    println!("Ground truth: thread CPU time around each poll, measured by the task's wrapper. `error` = |profiled CPU share - measured share| among the three tags; yield = profiled CPU / measured CPU. Shortest poll 1 ms (a quarter of the 4 ms kernel tick at which CPU timers are checked) or 10 ms. Median of {reps} run(s), each in a fresh process; `worst` = largest error of any run.");
+    println!();
+    println!("| Hz | shortest poll | task | measured share | profiled share | error pp | worst pp | yield |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for hz in [99u32, 999] {
+        for poll_ms in [1.0f64, 10.0] {
+            // tag -> runs of (measured share, profiled share, yield)
+            let mut rows: BTreeMap<&str, Vec<(f64, f64, f64)>> = BTreeMap::new();
+            for _ in 0..reps {
+                let out = Command::new(std::env::current_exe().unwrap())
+                    .env(
+                        CHILD_ENV,
+                        format!("mode=tasks hz={hz} poll_ms={poll_ms} seconds={seconds}"),
+                    )
+                    .output()
+                    .expect("tasks child");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = String::from_utf8_lossy(&out.stdout);
+                let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TASK ")).collect();
+                let truth_sum: f64 = lines.iter().map(|l| kv(l, "truth")).sum();
+                let prof_sum: f64 = lines.iter().map(|l| kv(l, "prof")).sum();
+                for l in &lines {
+                    let tag = TASK_KINDS
+                        .iter()
+                        .map(|k| k.0)
+                        .find(|t| *t == kv_str(l, "tag"))
+                        .unwrap();
+                    rows.entry(tag).or_default().push((
+                        kv(l, "truth") / truth_sum,
+                        kv(l, "prof") / prof_sum,
+                        kv(l, "prof") / kv(l, "truth"),
+                    ));
+                }
+            }
+            for (tag, runs) in &rows {
+                let errors: Vec<f64> = runs.iter().map(|r| (r.1 - r.0).abs() * 100.0).collect();
+                let worst = errors.iter().copied().fold(0.0, f64::max);
+                println!(
+                    "| {hz} | {poll_ms} ms | {tag} | {:.1}% | {:.1}% | {:.2} | {worst:.2} | {:.3} |",
+                    median(runs.iter().map(|r| r.0).collect()) * 100.0,
+                    median(runs.iter().map(|r| r.1).collect()) * 100.0,
+                    median(errors),
+                    median(runs.iter().map(|r| r.2).collect()),
+                );
+            }
+        }
+    }
+}
+
 fn wall_tables(quick: bool) {
     let seconds = 3.0;
     println!();
@@ -663,6 +841,11 @@ fn main() {
         let arg = |k: &str| kv_str(&spec, k);
         match arg("mode") {
             "wall" => wall_child(arg("hz").parse().unwrap(), arg("seconds").parse().unwrap()),
+            "tasks" => tasks_child(
+                arg("hz").parse().unwrap(),
+                arg("poll_ms").parse().unwrap(),
+                arg("seconds").parse().unwrap(),
+            ),
             "idle" => idle_child(
                 arg("n").parse().unwrap(),
                 arg("hz").parse().unwrap(),
@@ -691,6 +874,10 @@ fn main() {
     let started = Instant::now();
     if std::env::args().any(|a| a == "--wall-only") {
         wall_tables(quick);
+        return;
+    }
+    if std::env::args().any(|a| a == "--tasks-only") {
+        tasks_table(quick);
         return;
     }
     let mut summary = Vec::new();
@@ -761,6 +948,7 @@ fn main() {
         return;
     }
     wall_tables(quick);
+    tasks_table(quick);
     println!();
     for which in ["pprof", "ours"] {
         for hz in [99, 999] {

@@ -1,5 +1,6 @@
-//! Micro-costs: one sample taken by the signal handler, and `enter` + drop of a `ThreadGuard`
-//! (runtime on, and runtime switched off at run time with `THREADPROF_ENABLED=0`).
+//! Micro-costs: one sample taken by the signal handler, `enter` + drop of a `ThreadGuard`
+//! (runtime on, and runtime switched off at run time with `THREADPROF_ENABLED=0`), the tag
+//! switch around one poll of a `task` future, and entering a label set.
 //!
 //! `cargo bench --bench overhead`. The per-sample cost is measured by having a thread send
 //! itself SIGPROF with `si_code = SI_TIMER` (what a timer expiry delivers) through
@@ -100,8 +101,86 @@ fn guard_cost_ns(rounds: u32) -> f64 {
     t.elapsed().as_nanos() as f64 / f64::from(rounds)
 }
 
+/// Nanoseconds per poll of `fut` (best of 7 runs of `rounds`).
+fn per_poll<F: std::future::Future>(rounds: u32, fut: F) -> f64 {
+    use std::task::{Context, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut fut = std::pin::pin!(fut);
+    let mut best = f64::MAX;
+    for _ in 0..7 {
+        let t = Instant::now();
+        for _ in 0..rounds {
+            black_box(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / f64::from(rounds));
+    }
+    best
+}
+
+/// Nanoseconds per poll of a future that is always pending, wrapped by `wrap` and bare, on
+/// the calling thread: (wrapped, bare).
+fn poll_cost_ns<F: std::future::Future<Output = ()>>(
+    rounds: u32,
+    wrap: impl Fn(std::future::Pending<()>) -> F,
+) -> (f64, f64) {
+    let w = per_poll(rounds, wrap(std::future::pending::<()>()));
+    let b = per_poll(rounds, std::future::pending::<()>());
+    (w, b)
+}
+
+/// Nanoseconds per call of `f` (best of 7 runs of `rounds`).
+fn call_cost_ns(rounds: u32, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..7 {
+        let t = Instant::now();
+        for _ in 0..rounds {
+            f();
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / f64::from(rounds));
+    }
+    best
+}
+
 fn main() {
     match std::env::var("OVERHEAD_CHILD").as_deref() {
+        Ok("task_poll") => {
+            let _thread = threadprof_runtime::enter("worker");
+            let (w, b) = poll_cost_ns(1_000_000, |f| threadprof_runtime::task("polled", f));
+            println!("{:.1}", w - b);
+            return;
+        }
+        Ok("labeled_poll") => {
+            let _thread = threadprof_runtime::enter("worker");
+            let (w, b) = poll_cost_ns(1_000_000, |f| {
+                threadprof_runtime::labeled(&[("route", "/ingest")], f)
+            });
+            println!("{:.1}", w - b);
+            return;
+        }
+        Ok("labels") => {
+            let _thread = threadprof_runtime::enter("worker");
+            let ns = call_cost_ns(1_000_000, || {
+                black_box(threadprof_runtime::with_labels(
+                    &[("route", "/ingest")],
+                    || black_box(1),
+                ));
+            });
+            println!("{ns:.1}");
+            return;
+        }
+        Ok("labels_nested") => {
+            let _thread = threadprof_runtime::enter("worker");
+            let ns = threadprof_runtime::with_labels(&[("tenant", "a")], || {
+                call_cost_ns(1_000_000, || {
+                    black_box(threadprof_runtime::with_labels(
+                        &[("route", "/ingest"), ("method", "POST")],
+                        || black_box(1),
+                    ));
+                })
+            });
+            println!("{ns:.1}");
+            return;
+        }
         Ok("guard") => {
             let ns = std::thread::spawn(|| guard_cost_ns(20_000)).join().unwrap();
             println!("{ns:.1}");
@@ -145,6 +224,22 @@ fn main() {
         "| nested `enter` + drop on a registered thread (tag switch only) | {} ns |",
         child("nested", "1")
     );
+    println!(
+        "| tag switch around one poll of a `task` future, registered thread (wrapped minus bare poll) | {} ns |",
+        child("task_poll", "1")
+    );
+    println!(
+        "| labels around one poll of a `labeled` future, registered thread (wrapped minus bare poll) | {} ns |",
+        child("labeled_poll", "1")
+    );
+    println!(
+        "| `with_labels` with an already-seen set, registered thread | {} ns |",
+        child("labels", "1")
+    );
+    println!(
+        "| `with_labels` with an already-seen set nested in another (merge) | {} ns |",
+        child("labels_nested", "1")
+    );
 
     let _p = threadprof_runtime::Profiler::builder()
         .frequency(1)
@@ -153,8 +248,8 @@ fn main() {
         .start()
         .unwrap();
     for depth in [8u32, 100, 240] {
-        // The ring holds 32768 words; a sample takes depth + 2 words.
-        let batch = (30_000 / (depth + 20)).min(1000);
+        // The ring holds 32768 words; a sample takes depth + 4 words.
+        let batch = (30_000 / (depth + 22)).min(1000);
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for _ in 0..5 {
             off.push(signal_cost_ns(depth, batch, 8, false));

@@ -236,6 +236,7 @@ impl LabelSets {
 
     /// The set in force when `inner` is entered while `outer` is: the union, `inner`'s value
     /// winning per key. Overflow in either gives overflow.
+    #[inline]
     pub(crate) fn merge(&self, outer: u32, inner: u32) -> u32 {
         if outer == EMPTY || outer == inner {
             return inner;
@@ -243,6 +244,11 @@ impl LabelSets {
         if inner == EMPTY {
             return outer;
         }
+        self.merge_both(outer, inner)
+    }
+
+    #[inline(never)]
+    fn merge_both(&self, outer: u32, inner: u32) -> u32 {
         if outer == OVERFLOW || inner == OVERFLOW {
             return OVERFLOW;
         }

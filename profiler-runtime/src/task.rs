@@ -36,6 +36,7 @@ pub(crate) struct Switch {
 }
 
 /// The calling thread's slot, if it is registered.
+#[inline]
 fn current_slot() -> *const ThreadSlot {
     CURRENT_SLOT
         .try_with(|c| c.get())
@@ -43,6 +44,7 @@ fn current_slot() -> *const ThreadSlot {
 }
 
 /// Whether the calling thread is registered.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) fn registered_here() -> bool {
     !current_slot().is_null()
 }
@@ -71,8 +73,9 @@ fn register_for_life() -> *const ThreadSlot {
 /// The context a [`Switch`] replaced, put back when it drops (on return or unwind).
 #[must_use]
 pub(crate) struct Scope {
-    /// The context word and span in force before; `None` if nothing was switched.
-    pub saved: Option<(u64, u64)>,
+    /// The context word in force before, and the span if the switch set one; `None` if
+    /// nothing was switched.
+    pub saved: Option<(u64, Option<u64>)>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -84,6 +87,7 @@ impl Scope {
 
     /// Switches the calling thread's context. When the thread is not registered it is first
     /// registered for life if `register`, else nothing happens.
+    #[inline]
     pub(crate) fn enter(rt: &Runtime, switch: Switch, register: bool) -> Scope {
         let mut slot = current_slot();
         if slot.is_null() && register {
@@ -97,14 +101,13 @@ impl Scope {
         // the reference is not kept past this function.
         let slot = unsafe { &*slot };
         let before = slot.context.load(Ordering::Relaxed);
-        let span_before = slot.span.load(Ordering::Relaxed);
         let labels = rt.labels.merge((before >> 32) as u32, switch.labels);
         let tag = switch.tag.unwrap_or(before as u32);
         slot.context
             .store(u64::from(tag) | u64::from(labels) << 32, Ordering::Relaxed);
-        if let Some(span) = switch.span {
-            slot.span.store(span, Ordering::Relaxed);
-        }
+        let span_before = switch
+            .span
+            .map(|span| slot.span.swap(span, Ordering::Relaxed));
         Scope {
             saved: Some((before, span_before)),
             _not_send: PhantomData,
@@ -113,6 +116,7 @@ impl Scope {
 }
 
 impl Drop for Scope {
+    #[inline]
     fn drop(&mut self) {
         let Some((context, span)) = self.saved else {
             return;
@@ -125,7 +129,9 @@ impl Drop for Scope {
         // another began, this is the new one's slot: still this thread's, still live.
         let slot = unsafe { &*slot };
         slot.context.store(context, Ordering::Relaxed);
-        slot.span.store(span, Ordering::Relaxed);
+        if let Some(span) = span {
+            slot.span.store(span, Ordering::Relaxed);
+        }
     }
 }
 
@@ -135,11 +141,19 @@ pin_project_lite::pin_project! {
     /// Made by [`task`] and [`labeled`]. It owns its interned ids, so it is `Send + 'static`
     /// whenever the inner future is, and goes straight into `tokio::spawn`.
     #[must_use = "futures do nothing unless polled"]
-    #[derive(Debug)]
     pub struct Profiled<F> {
         #[pin]
         inner: F,
-        switch: Option<Switch>,
+        // The runtime is kept: after a shutdown, switching the slot's context is harmless.
+        switch: Option<(&'static Runtime, Switch)>,
+    }
+}
+
+impl<F> std::fmt::Debug for Profiled<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profiled")
+            .field("switch", &self.switch.map(|(_, s)| s))
+            .finish_non_exhaustive()
     }
 }
 
@@ -149,9 +163,9 @@ impl<F: Future> Future for Profiled<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         // Dropped after the inner poll, also when it unwinds: the context is put back.
-        let _scope = match (*this.switch, runtime::running()) {
-            (Some(switch), Some(rt)) => Scope::enter(rt, switch, true),
-            _ => Scope::INERT,
+        let _scope = match this.switch {
+            Some((rt, switch)) => Scope::enter(rt, *switch, true),
+            None => Scope::INERT,
         };
         this.inner.poll(cx)
     }
@@ -159,10 +173,13 @@ impl<F: Future> Future for Profiled<F> {
 
 /// Interns `tag` and `labels` now (on the calling thread) for a [`Profiled`] future.
 fn make<F>(tag: Option<&str>, labels: &[(&str, &str)], fut: F) -> Profiled<F> {
-    let switch = runtime::active().map(|rt| Switch {
-        tag: tag.map(|t| rt.registry.intern_tag(t)),
-        labels: rt.labels.intern(labels),
-        span: None,
+    let switch = runtime::active().map(|rt| {
+        let switch = Switch {
+            tag: tag.map(|t| rt.registry.intern_tag(t)),
+            labels: rt.labels.intern(labels),
+            span: None,
+        };
+        (rt, switch)
     });
     Profiled { inner: fut, switch }
 }
