@@ -80,3 +80,21 @@ fn the_api_passes_through() {
     threadprof::shutdown();
     assert!(threadprof::live_threads().is_empty());
 }
+
+#[test]
+fn task_and_label_api_passes_through() {
+    use std::future::Future;
+    // `task` and `labeled` return the future itself: same type, same size.
+    let fut = async { 6 * 7 };
+    let size = std::mem::size_of_val(&fut);
+    let wrapped = threadprof::labeled(&[("route", "/x")], threadprof::task("t", fut));
+    assert_eq!(std::mem::size_of_val(&wrapped), size);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut wrapped = std::pin::pin!(wrapped);
+    assert_eq!(wrapped.as_mut().poll(&mut cx), std::task::Poll::Ready(42));
+    assert_eq!(threadprof::with_labels(&[("k", "v")], || 5), 5);
+    assert!(!threadprof::register_current_thread("pool"));
+    assert!(threadprof::live_threads().is_empty());
+    assert_eq!(threadprof::stats(), threadprof::Stats::default());
+}

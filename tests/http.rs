@@ -1027,3 +1027,86 @@ fn cpu_and_wall_windows_are_served_apart() {
         assert_eq!(go, "/debug/pprof/profile,/debug/fgprof");
     }
 }
+
+#[inline(never)]
+fn http_span_work(n: u64) -> u64 {
+    (0..n).fold(9u64, |a, i| a.rotate_left(11) ^ i.wrapping_mul(7))
+}
+
+/// Span ids go into HTTP windows (what a scraper ingests) and never into the cumulative
+/// profiles: they are unbounded.
+#[cfg(feature = "tracing")]
+#[test]
+fn span_ids_are_in_windows_and_not_in_cumulative_profiles() {
+    use tracing_subscriber::prelude::*;
+    let addr = server();
+    let _serial = windows_lock();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        threadprof::spawn("http_spans", move || {
+            let subscriber = tracing_subscriber::registry().with(
+                threadprof::tracing::layer()
+                    .with_fields(["route"])
+                    .with_span_ids(true),
+            );
+            tracing::subscriber::with_default(subscriber, || {
+                let mut acc = 0;
+                let mut roots = std::collections::BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    // A new root span per "request", a child span inside it.
+                    let root = tracing::info_span!("request", route = "/spans");
+                    roots.insert(format!("{:016x}", root.id().unwrap().into_u64()));
+                    let _r = root.enter();
+                    let _c = tracing::info_span!("parse").entered();
+                    acc ^= black_box(http_span_work(200_000));
+                }
+                (acc, roots)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let window = get(addr, "/debug/pprof/profile?seconds=1&tag=http_spans");
+    stop.store(true, Ordering::Relaxed);
+    let (_, roots) = worker.join().unwrap();
+    assert_eq!(window.status, 200);
+    let window = decode_gz(&window.body).unwrap();
+    let spans: Vec<&str> = window
+        .sample
+        .iter()
+        .filter(|s| {
+            window
+                .stack_names(s)
+                .iter()
+                .any(|n| n.contains("http_span_work"))
+        })
+        .map(|s| window.label_str(s, "span_id").unwrap_or(""))
+        .collect();
+    assert!(!spans.is_empty());
+    for id in &spans {
+        assert_eq!(id.len(), 16, "16 hex digits: {id:?}");
+        assert!(roots.contains(*id), "the local root span's id: {id}");
+    }
+    // Innermost span name, field of the outer span.
+    let s = window
+        .sample
+        .iter()
+        .find(|s| {
+            window
+                .stack_names(s)
+                .iter()
+                .any(|n| n.contains("http_span_work"))
+        })
+        .unwrap();
+    assert_eq!(window.label_str(s, "span_name"), Some("parse"));
+    assert_eq!(window.label_str(s, "route"), Some("/spans"));
+    let cumulative = decode_gz(&get(addr, "/profiles/http_spans.pb.gz").body).unwrap();
+    assert!(cumulative
+        .sample
+        .iter()
+        .any(|s| cumulative.label_str(s, "span_name") == Some("parse")));
+    assert!(cumulative
+        .sample
+        .iter()
+        .all(|s| cumulative.label_str(s, "span_id").is_none()));
+}
