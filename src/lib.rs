@@ -23,6 +23,25 @@
 //! CPU-time clock and writes `{dir}/{tag}.pb.gz` plus `{dir}/_merged.pb.gz` every interval.
 //!
 //! Wire the feature to one of your own: `[features] profiling = ["threadprof/enabled"]`.
+//!
+//! Samples can follow the work rather than the OS thread: [`task`] runs every poll of a future
+//! under a tag on whichever thread polls it, [`labeled`] and [`with_labels`] put `key = value`
+//! labels on samples (as Go's `pprof.Do`), `#[profiled]` does either for a function, and with
+//! the `tracing` feature, `tracing::layer()` turns entered spans into labels.
+//!
+//! ```
+//! # #[cfg(feature = "enabled")] let _p = threadprof::Profiler::builder().enabled(false).start();
+//! async fn ingest(batch: u64) -> u64 {
+//!     threadprof::with_labels(&[("step", "decode")], || batch * 2)
+//! }
+//!
+//! let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! let doubled = rt.block_on(threadprof::task(
+//!     "ingest",
+//!     threadprof::labeled(&[("route", "/ingest")], ingest(21)),
+//! ));
+//! assert_eq!(doubled, 42);
+//! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -105,25 +124,7 @@ pub mod tracing {
 pub mod __private {
     pub use crate::enter;
 
-    /// What `#[profiled]` on an `async fn` wraps the body's future in.
+    /// The tag and labels of one `#[profiled]` function (a `static` in its expansion).
     #[cfg(feature = "enabled")]
-    pub fn task<F: core::future::Future>(
-        tag: &str,
-        labels: &[(&str, &str)],
-        fut: F,
-    ) -> threadprof_runtime::Profiled<F> {
-        threadprof_runtime::__task(tag, labels, fut)
-    }
-
-    /// What `#[profiled]` on a plain `fn` holds while the call runs: the tag as a nested
-    /// registration (as `enter`), then the labels.
-    #[cfg(feature = "enabled")]
-    pub fn scope(
-        tag: &str,
-        labels: &[(&str, &str)],
-    ) -> (threadprof_runtime::LabelScope, crate::ThreadGuard) {
-        let guard = crate::enter(tag);
-        // Tuple fields drop first to last: the labels go before the tag is put back.
-        (threadprof_runtime::label_scope(labels), guard)
-    }
+    pub use threadprof_runtime::CallSite;
 }

@@ -61,6 +61,25 @@ busy_fn!(request_work, 8u64);
 busy_fn!(span_work, 9u64);
 busy_fn!(blocking_work, 10u64);
 busy_fn!(labeled_future_work, 11u64);
+busy_fn!(annotated_sync_work, 12u64);
+busy_fn!(annotated_async_work, 13u64);
+busy_fn!(guard_in_labels_work, 14u64);
+
+#[threadprof::profiled(tag = "annotated", labels(kind = "sync"))]
+fn annotated_sync() -> u64 {
+    burn_for(Duration::from_millis(150), annotated_sync_work)
+}
+
+#[threadprof::profiled(labels(kind = "async"))]
+async fn annotated_async(polls: u32) -> Vec<i64> {
+    Burner {
+        work: annotated_async_work,
+        per_poll: Duration::from_millis(30),
+        polls,
+        tids: Vec::new(),
+    }
+    .await
+}
 
 /// CPU nanoseconds of samples whose stack contains `function`, per value of string label
 /// `key` ("" when the sample has no such label).
@@ -320,6 +339,84 @@ fn nested_labels_merge_inner_wins_and_restore() {
     ] {
         assert_eq!(only(f, "tag"), ["labels_sync"], "{f}: tag unchanged");
     }
+}
+
+#[test]
+fn profiled_functions_carry_their_tag_and_labels() {
+    let _serial = serial();
+    dir();
+    // A plain thread calling a #[profiled] fn: registered for its life by the call, under its
+    // name; the function's tag and labels only while it runs.
+    let (tid, tag_after) = std::thread::Builder::new()
+        .name("caller".into())
+        .spawn(|| {
+            annotated_sync();
+            let tid = gettid();
+            let me = threadprof::live_threads()
+                .into_iter()
+                .find(|t| t.tid == tid)
+                .map(|t| t.tag);
+            (tid, me)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(tag_after.as_deref(), Some("caller"));
+    // An async fn: its polls on tokio workers, under its name as the tag.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async { tokio::spawn(annotated_async(6)).await.unwrap() });
+    drop(rt);
+    let p = merged();
+    let keys = |f: &str, key: &str| -> Vec<String> {
+        let mut v: Vec<String> = cpu_by_label(&p, f, key).into_keys().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(keys("annotated_sync_work", "tag"), ["annotated"]);
+    assert_eq!(keys("annotated_sync_work", "kind"), ["sync"]);
+    assert!(threads_of(&p, "annotated_sync_work").contains(&tid));
+    assert_eq!(keys("annotated_async_work", "tag"), ["annotated_async"]);
+    assert_eq!(keys("annotated_async_work", "kind"), ["async"]);
+}
+
+#[test]
+fn a_tag_and_a_label_scope_each_put_back_only_their_own_half() {
+    let _serial = serial();
+    dir();
+    threadprof::spawn("halves", || {
+        let tid = gettid();
+        let tag_now = || {
+            threadprof::live_threads()
+                .into_iter()
+                .find(|t| t.tid == tid)
+                .map(|t| t.tag)
+                .unwrap()
+        };
+        // A guard made inside a label scope outlives it: the tag stays, the labels go.
+        let guard = threadprof::with_labels(&[("k", "v")], || threadprof::enter("inner_tag"));
+        assert_eq!(tag_now(), "inner_tag");
+        burn_for(Duration::from_millis(150), guard_in_labels_work);
+        drop(guard);
+        assert_eq!(tag_now(), "halves");
+        // Registering for life twice on a registered thread keeps one registration.
+        assert!(threadprof::register_current_thread("halves_for_life"));
+        assert!(threadprof::register_current_thread("halves_for_life"));
+        assert_eq!(tag_now(), "halves_for_life");
+    })
+    .join()
+    .unwrap();
+    let p = merged();
+    let labels: Vec<String> = cpu_by_label(&p, "guard_in_labels_work", "k")
+        .into_keys()
+        .collect();
+    assert_eq!(labels, [""], "label scope ended before the work");
+    let tags: Vec<String> = cpu_by_label(&p, "guard_in_labels_work", "tag")
+        .into_keys()
+        .collect();
+    assert_eq!(tags, ["inner_tag"]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Code generation. `#[profiled_thread]` and `#[profiled]` on a plain fn insert one guard
 //! statement at the top of the body and change nothing else; `#[profiled]` on an `async fn`
 //! keeps the signature and moves the body into an `async move` block wrapped by
-//! `__private::task`.
+//! `CallSite::task`. `#[profiled]` declares a `static __THREADPROF_SITE: __private::CallSite`
+//! holding its tag and labels, interned at the first call.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -97,25 +98,39 @@ fn label_slice(labels: &[(syn::LitStr, syn::LitStr)]) -> TokenStream {
     quote! { &[#(#pairs),*] }
 }
 
+/// `static __THREADPROF_SITE: CallSite = CallSite::new(tag, labels);`: the tag and labels of
+/// one annotated function, interned once (at its first call), not at every call.
+fn call_site(
+    krate: &syn::Path,
+    tag: &syn::LitStr,
+    labels: &[(syn::LitStr, syn::LitStr)],
+) -> TokenStream {
+    let labels = label_slice(labels);
+    quote! {
+        static __THREADPROF_SITE: #krate::__private::CallSite =
+            #krate::__private::CallSite::new(#tag, #labels);
+    }
+}
+
 fn scope_guard(func: ItemFn, checked: valid::Checked) -> TokenStream {
     let valid::Checked { tag, labels, krate } = checked;
-    let labels = label_slice(&labels);
+    let site = call_site(&krate, &tag, &labels);
     insert_guard(
         func,
         "__threadprof_scope",
-        quote! { #krate::__private::scope(#tag, #labels) },
+        quote! { { #site __THREADPROF_SITE.scope() } },
     )
 }
 
 /// The body of an `async fn` becomes
-/// `task(tag, labels, async move { <output type hint> <body> }).await`.
+/// `{ static SITE = CallSite::new(tag, labels); SITE.task(async move { <output type hint> <body> }).await }`.
 ///
 /// The `async move` block captures the parameters (`self` included) the body uses, which the
 /// `async fn` has already moved into its own future, so borrows and moves behave as before.
 /// `return` and `?` in the body now leave the block, whose value is the function's value.
 fn task(mut func: ItemFn, checked: valid::Checked) -> TokenStream {
     let valid::Checked { tag, labels, krate } = checked;
-    let labels = label_slice(&labels);
+    let site = call_site(&krate, &tag, &labels);
     let hint = output_type_hint(&func.sig);
     let stmts = &func.block.stmts;
     // Spanned at the body, so that rustc's notes about the block (e.g. "this function should
@@ -127,7 +142,8 @@ fn task(mut func: ItemFn, checked: valid::Checked) -> TokenStream {
         }
     };
     *func.block = syn::parse_quote! {{
-        #krate::__private::task(#tag, #labels, #block).await
+        #site
+        __THREADPROF_SITE.task(#block).await
     }};
     quote! { #func }
 }
@@ -298,7 +314,9 @@ mod tests {
         );
         let expected = squash(
             r#"pub async fn load(&self, id: u32) -> Result<String, Error> {
-                ::threadprof::__private::task("load", &[("region", "eu"), ("type", "user")], async move {
+                static __THREADPROF_SITE: ::threadprof::__private::CallSite =
+                    ::threadprof::__private::CallSite::new("load", &[("region", "eu"), ("type", "user")]);
+                __THREADPROF_SITE.task(async move {
                     #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::let_unit_value, clippy::let_with_type_underscore)]
                     if false {
                         let __threadprof_output: Result<String, Error> = loop {};
@@ -322,10 +340,16 @@ mod tests {
         assert_eq!(out.sig, original.sig);
         assert_eq!(out.attrs, original.attrs);
         assert_eq!(out.vis, original.vis);
-        let body = out.block.stmts[0].clone();
+        let site = out.block.stmts[0].clone();
+        let site = quote!(#site).to_string();
+        assert!(
+            site.contains(":: threadprof :: __private :: CallSite :: new (\"f\" , & [])"),
+            "{site}"
+        );
+        let body = out.block.stmts[1].clone();
         let body = quote!(#body).to_string();
         assert!(
-            body.starts_with(":: threadprof :: __private :: task (\"f\" , & [] , async move {"),
+            body.starts_with("__THREADPROF_SITE . task (async move {"),
             "{body}"
         );
     }
@@ -358,7 +382,11 @@ mod tests {
         let out = profiled_str("labels(kind = \"int\"), crate = \"my_prof\"", item);
         let expected = squash(
             r#"fn parse<T: FromStr>(s: &str) -> Result<T, T::Err> {
-                let __threadprof_scope = my_prof::__private::scope("parse", &[("kind", "int")]);
+                let __threadprof_scope = {
+                    static __THREADPROF_SITE: my_prof::__private::CallSite =
+                        my_prof::__private::CallSite::new("parse", &[("kind", "int")]);
+                    __THREADPROF_SITE.scope()
+                };
                 let v = s.parse()?;
                 Ok(v)
             }"#,

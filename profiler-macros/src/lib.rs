@@ -4,8 +4,9 @@
 //! Use them through `threadprof::profiled_thread` and `threadprof::profiled`; see that crate
 //! for documentation. `#[profiled_thread]` registers the thread running a function;
 //! `#[profiled]` profiles a function under a tag and labels, as a task on an `async fn` (the
-//! body moves into an `async move` block wrapped by `threadprof::__private::task`) and as a
-//! scope on a plain fn (a guard from `threadprof::__private::scope` at the top of the body).
+//! body moves into an `async move` block wrapped by the `task` of a per-function
+//! `threadprof::__private::CallSite`) and as a scope on a plain fn (a guard from that call
+//! site's `scope` at the top of the body).
 //!
 //! The work is split by job: `attr.rs` parses the arguments, `valid.rs` checks them against the
 //! function, `expand.rs` writes the guard or the task. Every error points at the token at fault
@@ -42,9 +43,9 @@ pub fn profiled_thread(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// `#[profiled(tag = "load_user", labels(region = "eu"))]`, `#[profiled]` (the function's name
 /// is the tag), and `crate = "my_profiler"` for a renamed dependency. On an `async fn` the
-/// body runs inside `threadprof::__private::task`, which enters the tag and labels on every
-/// poll, whichever thread polls; on a plain fn a guard from `threadprof::__private::scope` is
-/// held until the function returns or panics.
+/// body runs inside `CallSite::task` (a `static` per function, `threadprof::__private`), which
+/// enters the tag and labels on every poll, whichever thread polls; on a plain fn a guard from
+/// `CallSite::scope` is held until the function returns or panics.
 #[proc_macro_attribute]
 pub fn profiled(args: TokenStream, item: TokenStream) -> TokenStream {
     #[cfg(feature = "enabled")]

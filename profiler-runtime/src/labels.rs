@@ -37,6 +37,9 @@ pub const MAX_KEY_LEN: usize = 64;
 /// See [`MAX_KEY_LEN`].
 pub const MAX_VALUE_LEN: usize = 256;
 
+/// A copy of the pairs passed to [`LabelSets::intern`], to compare a later call with.
+type PairsCopy = Box<[(Box<str>, Box<str>)]>;
+
 /// Entries kept per thread in each cache before it is cleared.
 const THREAD_CACHE: usize = 256;
 
@@ -46,6 +49,8 @@ struct Inner {
     /// `(outer, inner)` → merged id.
     merges: FxHashMap<(u32, u32), u32>,
     overflowed: bool,
+    /// Dropped keys already warned about (at most the reserved ones and "").
+    warned_keys: Vec<String>,
 }
 
 /// Every label set in use, by id.
@@ -63,7 +68,7 @@ thread_local! {
     /// The instance whose ids the caches below hold.
     static CACHE_OWNER: Cell<u64> = const { Cell::new(0) };
     /// Pairs as passed (hash of the slice) → (a copy to compare, set id).
-    static PAIRS_CACHE: RefCell<FxHashMap<u64, (Box<[(Box<str>, Box<str>)]>, u32)>> =
+    static PAIRS_CACHE: RefCell<FxHashMap<u64, (PairsCopy, u32)>> =
         RefCell::new(FxHashMap::default());
     /// `(outer, inner)` → merged id.
     static MERGE_CACHE: RefCell<FxHashMap<(u32, u32), u32>> = RefCell::new(FxHashMap::default());
@@ -103,6 +108,7 @@ impl LabelSets {
                 index,
                 merges: FxHashMap::default(),
                 overflowed: false,
+                warned_keys: Vec::new(),
             }),
             max,
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
@@ -161,6 +167,10 @@ impl LabelSets {
             return id;
         }
         let id = self.intern_slow(pairs);
+        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_KEY_LEN + MAX_VALUE_LEN {
+            return id; // not cached: the cache keeps its copies small
+        }
         let _ = PAIRS_CACHE.try_with(|c| {
             let mut c = c.borrow_mut();
             if c.len() >= THREAD_CACHE {
@@ -177,21 +187,10 @@ impl LabelSets {
 
     fn intern_slow(&self, pairs: &[(&str, &str)]) -> u32 {
         let mut set: Vec<(Arc<str>, Arc<str>)> = Vec::with_capacity(pairs.len());
+        let mut dropped: Vec<&str> = Vec::new();
         for (k, v) in pairs {
             if k.is_empty() || RESERVED_KEYS.contains(k) {
-                warn(
-                    &format!("label-key:{}", cut(k, MAX_KEY_LEN)),
-                    &format!(
-                        "label key {:?} is {}; the label is dropped (reserved keys: {})",
-                        cut(k, MAX_KEY_LEN),
-                        if k.is_empty() {
-                            "empty"
-                        } else {
-                            "written by the profiler itself"
-                        },
-                        RESERVED_KEYS.join(", ")
-                    ),
-                );
+                dropped.push(k);
                 continue;
             }
             let (k, v) = (cut(k, MAX_KEY_LEN), cut(v, MAX_VALUE_LEN));
@@ -201,37 +200,69 @@ impl LabelSets {
             }
         }
         set.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut inner = self.lock();
-        self.insert(&mut inner, set)
+        let (id, overflowed, newly_dropped) = {
+            let mut inner = self.lock();
+            let newly_dropped: Vec<String> = dropped
+                .into_iter()
+                .filter(|k| !inner.warned_keys.iter().any(|w| w == k))
+                .map(str::to_owned)
+                .collect();
+            inner.warned_keys.extend(newly_dropped.iter().cloned());
+            let (id, overflowed) = self.insert(&mut inner, set);
+            (id, overflowed, newly_dropped)
+        };
+        // Logged with no lock held: a logger may itself enter labels or tags.
+        for k in newly_dropped {
+            warn(
+                &format!("label-key:{k}"),
+                &format!(
+                    "label key {k:?} is {}; the label is dropped (reserved keys: {})",
+                    if k.is_empty() {
+                        "empty"
+                    } else {
+                        "written by the profiler itself"
+                    },
+                    RESERVED_KEYS.join(", ")
+                ),
+            );
+        }
+        if overflowed {
+            self.warn_overflow();
+        }
+        id
     }
 
-    fn insert(&self, inner: &mut Inner, set: Vec<(Arc<str>, Arc<str>)>) -> u32 {
+    fn warn_overflow(&self) {
+        warn(
+            "label-sets-overflow",
+            &format!(
+                "more than {} distinct label sets (THREADPROF_MAX_LABEL_SETS); samples of new \
+                 sets carry labels=overflow. Labels with unbounded values (request ids, user \
+                 ids) belong in logs or traces, not in profiles",
+                self.max
+            ),
+        );
+    }
+
+    /// The id of `set`, interning it if there is room; and whether this call reached the bound
+    /// first (the caller warns, once the lock is released).
+    fn insert(&self, inner: &mut Inner, set: Vec<(Arc<str>, Arc<str>)>) -> (u32, bool) {
         if set.is_empty() {
-            return EMPTY;
+            return (EMPTY, false);
         }
         let set: LabelSet = Arc::from(set);
         if let Some(&id) = inner.index.get(&set) {
-            return id;
+            return (id, false);
         }
         if inner.sets.len() - 2 >= self.max {
-            if !inner.overflowed {
-                inner.overflowed = true;
-                warn(
-                    "label-sets-overflow",
-                    &format!(
-                        "more than {} distinct label sets (THREADPROF_MAX_LABEL_SETS); samples of \
-                         new sets carry labels=overflow. Labels with unbounded values (request \
-                         ids, user ids) belong in logs or traces, not in profiles",
-                        self.max
-                    ),
-                );
-            }
-            return OVERFLOW;
+            let first = !inner.overflowed;
+            inner.overflowed = true;
+            return (OVERFLOW, first);
         }
         let id = inner.sets.len() as u32;
         inner.sets.push(set.clone());
         inner.index.insert(set, id);
-        id
+        (id, false)
     }
 
     /// The set in force when `inner` is entered while `outer` is: the union, `inner`'s value
@@ -269,29 +300,35 @@ impl LabelSets {
     }
 
     fn merge_slow(&self, outer: u32, inner_id: u32) -> u32 {
-        let mut inner = self.lock();
-        if let Some(&id) = inner.merges.get(&(outer, inner_id)) {
-            return id;
-        }
-        let (Some(a), Some(b)) = (
-            inner.sets.get(outer as usize).cloned(),
-            inner.sets.get(inner_id as usize).cloned(),
-        ) else {
-            return inner_id;
+        let (id, overflowed) = {
+            let mut inner = self.lock();
+            if let Some(&id) = inner.merges.get(&(outer, inner_id)) {
+                return id;
+            }
+            let (Some(a), Some(b)) = (
+                inner.sets.get(outer as usize).cloned(),
+                inner.sets.get(inner_id as usize).cloned(),
+            ) else {
+                return inner_id;
+            };
+            let mut set: Vec<(Arc<str>, Arc<str>)> = a
+                .iter()
+                .filter(|(k, _)| !b.iter().any(|(bk, _)| bk == k))
+                .cloned()
+                .collect();
+            set.extend(b.iter().cloned());
+            set.sort_by(|x, y| x.0.cmp(&y.0));
+            let (id, overflowed) = self.insert(&mut inner, set);
+            // Bounded like the sets: a few entries per set.
+            if inner.merges.len() >= 4 * self.max.clamp(THREAD_CACHE, 1 << 16) {
+                inner.merges.clear();
+            }
+            inner.merges.insert((outer, inner_id), id);
+            (id, overflowed)
         };
-        let mut set: Vec<(Arc<str>, Arc<str>)> = a
-            .iter()
-            .filter(|(k, _)| !b.iter().any(|(bk, _)| bk == k))
-            .cloned()
-            .collect();
-        set.extend(b.iter().cloned());
-        set.sort_by(|x, y| x.0.cmp(&y.0));
-        let id = self.insert(&mut inner, set);
-        // Bounded like the sets: at most a few entries per set.
-        if inner.merges.len() >= 4 * self.max.max(THREAD_CACHE) {
-            inner.merges.clear();
+        if overflowed {
+            self.warn_overflow();
         }
-        inner.merges.insert((outer, inner_id), id);
         id
     }
 }

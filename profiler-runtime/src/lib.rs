@@ -22,7 +22,9 @@
 //! stack it runs on) and `stackread.rs` (the memory reads it makes, none of which can fault). `registry.rs` owns threads and their
 //! timers (`sampler.rs`: a CPU timer per thread, one wall ticker); `dump.rs` drains rings into
 //! `aggregate.rs`, resolves names with `symbolize.rs` and writes files; `runtime.rs` starts and
-//! stops it all.
+//! stops it all. `task.rs` switches a thread's tag and labels around a future's polls and label
+//! scopes, `labels.rs` interns label sets (the handler copies only their ids), and `spans.rs`
+//! (feature `tracing`) turns entered `tracing` spans into labels.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(threadprof_sampling), allow(dead_code))]
@@ -94,7 +96,8 @@ pub use sampler::SignalError;
 pub use spans::{layer as tracing_layer, SpanLayer, SPAN_NAME};
 #[cfg(feature = "enabled")]
 pub use task::{
-    __task, label_scope, labeled, register_current_thread, task, with_labels, LabelScope, Profiled,
+    label_scope, labeled, register_current_thread, task, with_labels, CallScope, CallSite,
+    LabelScope, Profiled,
 };
 
 /// Stack use of the signal handler on the calling thread (bench support). Not public API.

@@ -19,6 +19,9 @@ use crate::sampler::{self, ThreadTimers, WallTicker};
 use crate::slot::{ThreadSlot, CURRENT_SLOT};
 use crate::tag;
 
+/// Distinct tags at which a warning says that tags are not for unbounded values.
+const MANY_TAGS: usize = 1000;
+
 /// Idle slots kept for reuse (a 256 KiB ring each, of which only written pages are resident).
 const IDLE_SLOTS: usize = 16;
 
@@ -104,8 +107,11 @@ struct Registration {
     altstack: Option<sampler::AltStackSwap>,
     /// `None` only while the registration is being dropped.
     slot: Option<Arc<ThreadSlot>>,
-    /// (guard id, slot context in force before it), innermost last.
-    guards: Vec<(u64, u64)>,
+    /// (guard id, tag in force before it), innermost last.
+    guards: Vec<(u64, u32)>,
+    /// Whether the registration lasts until the thread exits (`register_current_thread`, or a
+    /// first poll of a task), not until its last guard drops.
+    for_life: bool,
     next_guard: u64,
     registry: &'static Registry,
 }
@@ -158,17 +164,21 @@ impl Drop for ThreadGuard {
             let reg = cell.as_mut()?;
             let i = reg.guards.iter().position(|&(g, _)| g == self.id)?;
             let (_, before) = reg.guards.remove(i);
-            if reg.guards.is_empty() {
+            if reg.guards.is_empty() && !reg.for_life {
                 return cell.take();
             }
             match reg.guards.get_mut(i) {
                 // An outer guard dropped first: the next one in restores what this one found.
                 Some(next) => next.1 = before,
-                // The innermost: put back the context in force when it was entered (task
-                // polls and label scopes in between restore their own).
+                // The innermost: put back the tag in force when it was entered (labels stay as
+                // they are: label scopes restore their own).
                 None => {
                     if let Some(slot) = &reg.slot {
-                        slot.context.store(before, Ordering::Relaxed);
+                        let word = slot.context.load(Ordering::Relaxed);
+                        slot.context.store(
+                            (word & !u64::from(u32::MAX)) | u64::from(before),
+                            Ordering::Relaxed,
+                        );
                     }
                 }
             }
@@ -267,33 +277,54 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn intern(inner: &mut Inner, raw: &str) -> u32 {
+    /// The id of `raw` (sanitised if it is not a safe file name), and the warnings to log
+    /// once the lock is released: a logger may itself register threads or enter tags.
+    fn intern(inner: &mut Inner, raw: &str) -> (u32, Vec<(String, String)>) {
+        if let Some(&id) = inner.tag_ids.get(raw) {
+            return (id, Vec::new());
+        }
+        let mut warnings = Vec::new();
         let safe = if tag::is_safe(raw) {
             raw.to_owned()
         } else {
             let s = tag::sanitize(raw);
             let shown: String = raw.chars().take(80).collect();
-            warn(
-                &format!("tag:{shown}"),
-                &format!(
+            warnings.push((
+                format!("tag:{shown}"),
+                format!(
                     "tag {shown:?} is not a safe file name ([A-Za-z0-9][A-Za-z0-9._-]{{0,63}}); \
                      profiling it as {s:?}"
                 ),
-            );
+            ));
             s
         };
         if let Some(&id) = inner.tag_ids.get(&safe) {
-            return id;
+            return (id, warnings);
         }
         let id = inner.tags.len() as u32;
+        if inner.tags.len() + 1 == MANY_TAGS {
+            warnings.push((
+                "many-tags".to_owned(),
+                format!(
+                    "{MANY_TAGS} distinct tags: each tag is a profile file written at every \
+                     dump, and tags are kept for the process's life; for unbounded values \
+                     (request ids, user ids) use labels, which are bounded \
+                     (THREADPROF_MAX_LABEL_SETS)"
+                ),
+            ));
+        }
         inner.tags.push(safe.clone());
         inner.tag_ids.insert(safe, id);
-        id
+        (id, warnings)
     }
 
     /// The id of tag `raw` (sanitised with a warning if it is not a safe file name).
     pub(crate) fn intern_tag(&self, raw: &str) -> u32 {
-        Self::intern(&mut self.lock(), raw)
+        let (id, warnings) = Self::intern(&mut self.lock(), raw);
+        for (key, message) in warnings {
+            warn(&key, &message);
+        }
+        id
     }
 
     /// Every tag registered so far, in order of first use.
@@ -319,37 +350,24 @@ impl Registry {
 
     /// Registers the calling thread under `raw_tag`.
     pub(crate) fn enter(&'static self, raw_tag: &str) -> ThreadGuard {
-        let (tag_id, tag_name, same_tag_threads) = {
-            let mut inner = self.lock();
-            let id = Self::intern(&mut inner, raw_tag);
-            let same = inner
-                .threads
-                .values()
-                .filter(|t| t.record.slot.tag() == id)
-                .count();
-            (id, inner.tags[id as usize].clone(), same)
-        };
+        let tag_id = self.intern_tag(raw_tag);
         let nested = REGISTRATION.try_with(|cell| {
             let mut cell = cell.borrow_mut();
             let reg = cell.as_mut()?;
             reg.next_guard += 1;
             let guard = reg.next_guard;
-            let before = reg
-                .slot
-                .as_ref()
-                .map_or(u64::from(tag_id), |s| s.context.load(Ordering::Relaxed));
-            reg.guards.push((guard, before));
-            if let Some(slot) = &reg.slot {
-                // The tag changes; labels in force stay.
-                let labels = before & !u64::from(u32::MAX);
-                slot.context
-                    .store(labels | u64::from(tag_id), Ordering::Relaxed);
-            }
+            let slot = reg.slot.as_ref()?;
+            // Only the tag changes, and only the tag is put back: labels in force stay.
+            let before = slot.context.load(Ordering::Relaxed);
+            reg.guards.push((guard, before as u32));
+            slot.context.store(
+                (before & !u64::from(u32::MAX)) | u64::from(tag_id),
+                Ordering::Relaxed,
+            );
             Some(guard)
         });
         match nested {
             Ok(Some(guard)) => {
-                log::debug!("thread switched to tag {tag_name:?} (nested registration)");
                 return ThreadGuard {
                     id: guard,
                     _not_send: PhantomData,
@@ -358,17 +376,47 @@ impl Registry {
             Ok(None) => {}
             Err(_) => return ThreadGuard::inert(), // thread is exiting
         }
-        if same_tag_threads > 0 {
-            log::debug!(
-                "tag {tag_name:?} now has {} live threads; their samples go into one profile, \
-                 labelled by thread",
-                same_tag_threads + 1
-            );
-        }
-        self.register_thread(tag_id, &tag_name)
+        self.register_thread(tag_id, false)
     }
 
-    fn register_thread(&'static self, tag_id: u32, tag_name: &str) -> ThreadGuard {
+    /// Registers the calling thread under `raw_tag` until it exits. If it is registered
+    /// already, `raw_tag` becomes its tag from now on (also after its guards drop) and its
+    /// registration lasts until it exits. Returns whether the thread is registered.
+    pub(crate) fn register_for_life(&'static self, raw_tag: &str) -> bool {
+        let tag_id = self.intern_tag(raw_tag);
+        let done = REGISTRATION.try_with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let reg = cell.as_mut()?;
+            reg.for_life = true;
+            // The new tag from now on: in force, and what every guard puts back.
+            for guard in &mut reg.guards {
+                guard.1 = tag_id;
+            }
+            if let Some(slot) = &reg.slot {
+                let word = slot.context.load(Ordering::Relaxed);
+                slot.context.store(
+                    (word & !u64::from(u32::MAX)) | u64::from(tag_id),
+                    Ordering::Relaxed,
+                );
+            }
+            Some(())
+        });
+        match done {
+            Ok(Some(())) => true,
+            Ok(None) => {
+                drop(self.register_thread(tag_id, true)); // inert: the registration is for life
+                REGISTRATION
+                    .try_with(|cell| cell.borrow().is_some())
+                    .unwrap_or(false)
+            }
+            Err(_) => false, // thread is exiting
+        }
+    }
+
+    /// First registration of the calling thread: until its guard drops, or until it exits
+    /// (`for_life`, and the guard returned is inert).
+    fn register_thread(&'static self, tag_id: u32, for_life: bool) -> ThreadGuard {
+        let tag_name = self.tag_name(tag_id);
         let current = std::thread::current();
         let tid = sampler::thread_id();
         let name = current
@@ -438,13 +486,21 @@ impl Registry {
             id,
             altstack,
             slot: Some(slot),
-            guards: vec![(1, u64::from(tag_id))],
+            guards: if for_life {
+                Vec::new()
+            } else {
+                vec![(1, tag_id)]
+            },
             next_guard: 1,
+            for_life,
             registry: self,
         };
         let stored = REGISTRATION.try_with(|cell| *cell.borrow_mut() = Some(registration));
         if stored.is_err() {
             // TLS is being torn down: `registration` was dropped, which unregistered it.
+            return ThreadGuard::inert();
+        }
+        if for_life {
             return ThreadGuard::inert();
         }
         ThreadGuard {

@@ -7,8 +7,8 @@
 //! sees a span, only the ids in the slot.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Id, Record};
@@ -50,13 +50,31 @@ pub fn layer() -> SpanLayer {
 impl SpanLayer {
     /// Span fields to carry as labels too (a field's value is its `Display` for strings and
     /// numbers, its `Debug` otherwise). A field recorded later (`Span::record`) counts from the
-    /// next time the span is entered.
+    /// next time the span is entered. A field named like a label the profiler writes itself
+    /// (`tag`, `thread_name`, `thread_id`, `state`, `span_id`, `span_name`) is left out, with
+    /// a warning.
     pub fn with_fields<I, T>(mut self, fields: I) -> SpanLayer
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.fields = fields.into_iter().map(Into::into).collect();
+        self.fields = fields
+            .into_iter()
+            .map(Into::into)
+            .filter(|f| {
+                let reserved = f == SPAN_NAME || crate::labels::RESERVED_KEYS.contains(&&**f);
+                if reserved {
+                    crate::diagnostics::warn(
+                        &format!("span-field:{f}"),
+                        &format!(
+                            "span field {f:?} is not carried as a label: the profiler writes a \
+                             label of that name itself"
+                        ),
+                    );
+                }
+                !reserved
+            })
+            .collect();
         self
     }
 
@@ -76,6 +94,25 @@ struct SpanLabels {
     fields: Vec<(&'static str, String)>,
     /// Interned label set of the pairs above, or `UNSET`.
     set: AtomicU32,
+    /// Id of the local root span: unique in the process (`tracing`'s own span ids are slab
+    /// indices, reused once a span closes).
+    root: u64,
+}
+
+/// A new id for a local root span: a counter from a start that differs between processes.
+fn new_root_id() -> u64 {
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = nanos ^ u64::from(std::process::id()).rotate_left(40);
+        AtomicU64::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    });
+    match next.fetch_add(1, Ordering::Relaxed) {
+        0 => next.fetch_add(1, Ordering::Relaxed),
+        id => id,
+    }
 }
 
 struct FieldVisitor<'a> {
@@ -127,6 +164,10 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
+        if span.extensions().get::<SpanLabels>().is_some() {
+            // A second layer of ours in the same subscriber: the first one's record serves.
+            return;
+        }
         let mut fields = Vec::new();
         if !self.fields.is_empty() {
             attrs.record(&mut FieldVisitor {
@@ -134,11 +175,23 @@ where
                 fields: &mut fields,
             });
         }
-        span.extensions_mut().insert(SpanLabels {
+        let root = if self.span_ids {
+            span.parent()
+                .and_then(|p| p.extensions().get::<SpanLabels>().map(|l| l.root))
+                .unwrap_or_else(new_root_id)
+        } else {
+            0
+        };
+        let labels = SpanLabels {
             name: attrs.metadata().name(),
             fields,
             set: AtomicU32::new(UNSET),
-        });
+            root,
+        };
+        let mut ext = span.extensions_mut();
+        if ext.get_mut::<SpanLabels>().is_none() {
+            ext.insert(labels);
+        }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {

@@ -63,20 +63,36 @@ fn register_for_life() -> *const ThreadSlot {
     if REGISTRATION_REFUSED.try_with(Cell::get).unwrap_or(true) {
         return std::ptr::null();
     }
-    if !register_current_thread(&base_tag()) {
+    let slot = if register_current_thread(&base_tag()) {
+        current_slot()
+    } else {
+        std::ptr::null()
+    };
+    if slot.is_null() {
+        // Disabled, stopped, or registered without a slot (only while its registration is
+        // being dropped): do not ask again at every poll.
         let _ = REGISTRATION_REFUSED.try_with(|r| r.set(true));
-        return std::ptr::null();
     }
-    current_slot()
+    slot
 }
 
-/// The context a [`Switch`] replaced, put back when it drops (on return or unwind).
+/// What a [`Switch`] replaced, put back when it drops (on return or unwind).
 #[must_use]
 pub(crate) struct Scope {
-    /// The context word in force before, and the span if the switch set one; `None` if
-    /// nothing was switched.
-    pub saved: Option<(u64, Option<u64>)>,
+    /// The bits of the context word it changed (tag: low half, labels: high half), their
+    /// values before, and the span before if it set one; `None` if nothing was switched.
+    /// Only what it changed is put back, so a tag set by a guard inside a label scope (or the
+    /// other way round) is not undone by the other's end.
+    pub saved: Option<Saved>,
     _not_send: PhantomData<*const ()>,
+}
+
+/// See [`Scope::saved`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Saved {
+    mask: u64,
+    bits: u64,
+    span: Option<u64>,
 }
 
 impl Scope {
@@ -103,13 +119,24 @@ impl Scope {
         let before = slot.context.load(Ordering::Relaxed);
         let labels = rt.labels.merge((before >> 32) as u32, switch.labels);
         let tag = switch.tag.unwrap_or(before as u32);
+        let mut mask = 0;
+        if switch.tag.is_some() {
+            mask |= u64::from(u32::MAX);
+        }
+        if switch.labels != crate::labels::EMPTY {
+            mask |= u64::from(u32::MAX) << 32;
+        }
         slot.context
             .store(u64::from(tag) | u64::from(labels) << 32, Ordering::Relaxed);
-        let span_before = switch
+        let span = switch
             .span
             .map(|span| slot.span.swap(span, Ordering::Relaxed));
         Scope {
-            saved: Some((before, span_before)),
+            saved: Some(Saved {
+                mask,
+                bits: before & mask,
+                span,
+            }),
             _not_send: PhantomData,
         }
     }
@@ -118,7 +145,7 @@ impl Scope {
 impl Drop for Scope {
     #[inline]
     fn drop(&mut self) {
-        let Some((context, span)) = self.saved else {
+        let Some(saved) = self.saved else {
             return;
         };
         let slot = current_slot();
@@ -128,8 +155,12 @@ impl Drop for Scope {
         // SAFETY: as in `enter`. If the registration that was in force at `enter` ended and
         // another began, this is the new one's slot: still this thread's, still live.
         let slot = unsafe { &*slot };
-        slot.context.store(context, Ordering::Relaxed);
-        if let Some(span) = span {
+        if saved.mask != 0 {
+            let now = slot.context.load(Ordering::Relaxed);
+            slot.context
+                .store((now & !saved.mask) | saved.bits, Ordering::Relaxed);
+        }
+        if let Some(span) = saved.span {
             slot.span.store(span, Ordering::Relaxed);
         }
     }
@@ -208,10 +239,66 @@ pub fn labeled<F: Future>(labels: &[(&str, &str)], fut: F) -> Profiled<F> {
     make(None, labels, fut)
 }
 
-/// [`task`] and [`labeled`] at once: what `#[profiled]` on an `async fn` expands to.
+/// The tag and labels of one `#[profiled]` function: a `static` the attribute declares, so
+/// they are interned once, at the function's first call, and every later call or poll only
+/// switches ids. Not public API.
 #[doc(hidden)]
-pub fn __task<F: Future>(tag: &str, labels: &[(&str, &str)], fut: F) -> Profiled<F> {
-    make(Some(tag), labels, fut)
+pub struct CallSite {
+    tag: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    /// Interned at the first call; `None` when profiling is disabled or stopped then.
+    switch: std::sync::OnceLock<Option<(&'static Runtime, Switch)>>,
+}
+
+impl CallSite {
+    /// A call site of `tag` and `labels` (nothing is interned yet).
+    pub const fn new(tag: &'static str, labels: &'static [(&'static str, &'static str)]) -> Self {
+        CallSite {
+            tag,
+            labels,
+            switch: std::sync::OnceLock::new(),
+        }
+    }
+
+    #[inline]
+    fn switch(&self) -> Option<(&'static Runtime, Switch)> {
+        *self.switch.get_or_init(|| {
+            runtime::active().map(|rt| {
+                let switch = Switch {
+                    tag: Some(rt.registry.intern_tag(self.tag)),
+                    labels: rt.labels.intern(self.labels),
+                    span: None,
+                };
+                (rt, switch)
+            })
+        })
+    }
+
+    /// `#[profiled]` on an `async fn`: every poll of `fut` under this site's tag and labels.
+    pub fn task<F: Future>(&'static self, fut: F) -> Profiled<F> {
+        Profiled {
+            inner: fut,
+            switch: self.switch(),
+        }
+    }
+
+    /// `#[profiled]` on a plain fn: this site's tag and labels in force on the calling thread
+    /// until the scope drops (the thread is registered for the rest of its life if it was
+    /// not, as by a poll).
+    pub fn scope(&'static self) -> CallScope {
+        let scope = match self.switch() {
+            Some((rt, switch)) => Scope::enter(rt, switch, true),
+            None => Scope::INERT,
+        };
+        CallScope { _scope: scope }
+    }
+}
+
+/// The tag and labels of a `#[profiled]` plain fn, in force until dropped. Not public API.
+#[doc(hidden)]
+#[must_use]
+pub struct CallScope {
+    _scope: Scope,
 }
 
 /// Labels in force on the calling thread while a [`with_labels`] call or a `#[profiled]`
@@ -270,14 +357,13 @@ pub fn with_labels<T>(labels: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
 /// until a guard drops. Made for `tokio::runtime::Builder::on_thread_start`, so that untagged
 /// work on a pool's threads (runtime internals, hyper) is sampled too; futures wrapped by
 /// [`task`] still switch to their own tag while polled. If the thread is registered already,
-/// `tag` becomes its tag from now on. Returns whether the thread is registered (false when
-/// profiling is disabled or stopped).
+/// `tag` becomes its tag from now on, also after the guards in force drop (a task poll or
+/// `#[profiled]` call in progress still puts back the tag it found). Calling it again costs
+/// one registry lookup and keeps one registration. Returns whether the thread is registered
+/// (false when profiling is disabled or stopped).
 pub fn register_current_thread(tag: &str) -> bool {
-    let guard = runtime::enter(tag);
-    let active = guard.is_active();
-    // The registration ends at thread exit (its thread-local destructor), not at a drop.
-    std::mem::forget(guard);
-    active
+    // The registration ends at thread exit (its thread-local destructor).
+    runtime::active().is_some_and(|rt| rt.registry.register_for_life(tag))
 }
 
 #[cfg(test)]
