@@ -157,6 +157,16 @@ fn main() {
             println!("{:.1}", w - b);
             return;
         }
+        Ok("call_site") => {
+            static SITE: threadprof_runtime::CallSite =
+                threadprof_runtime::CallSite::new("annotated", &[("kind", "sync")]);
+            let _thread = threadprof_runtime::enter("worker");
+            let ns = call_cost_ns(1_000_000, || {
+                let _scope = black_box(SITE.scope());
+            });
+            println!("{ns:.1}");
+            return;
+        }
         Ok("labels") => {
             let _thread = threadprof_runtime::enter("worker");
             let ns = call_cost_ns(1_000_000, || {
@@ -231,6 +241,10 @@ fn main() {
     println!(
         "| labels around one poll of a `labeled` future, registered thread (wrapped minus bare poll) | {} ns |",
         child("labeled_poll", "1")
+    );
+    println!(
+        "| what `#[profiled]` adds to a call of a plain fn (tag and labels), registered thread | {} ns |",
+        child("call_site", "1")
     );
     println!(
         "| `with_labels` with an already-seen set, registered thread | {} ns |",

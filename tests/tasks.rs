@@ -770,3 +770,87 @@ fn a_million_distinct_label_sets_stay_bounded_and_warn_once() {
         .collect();
     assert!(distinct.len() <= 1024, "{}", distinct.len());
 }
+
+busy_fn!(wall_task_burn, 15u64);
+
+#[inline(never)]
+fn wall_task_block(d: Duration) {
+    // A blocking call inside a poll: the worker waits, under the task's tag.
+    std::thread::sleep(d);
+}
+
+/// Child: wall sampling at 99 Hz; one tokio worker alternates a task that burns then blocks in
+/// a poll, and idle time in the runtime's own wait (epoll).
+#[test]
+fn child_wall_tasks() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("wall-worker")
+        .enable_all() // the I/O driver: an idle worker waits in epoll_wait
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::spawn(threadprof::task("wall_task", async {
+            for _ in 0..10 {
+                burn_for(Duration::from_millis(30), wall_task_burn);
+                wall_task_block(Duration::from_millis(60));
+                // Idle in the runtime: the worker waits in epoll, under its base tag.
+                tokio::time::sleep(Duration::from_millis(90)).await;
+            }
+        }))
+        .await
+        .unwrap();
+    });
+    drop(rt);
+    assert!(threadprof::flush());
+    std::process::exit(0);
+}
+
+#[test]
+fn wall_samples_follow_the_task_and_idle_workers_wait_under_their_base_tag() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    run_child(
+        "child_wall_tasks",
+        dir.path(),
+        &[("THREADPROF_WALL_FREQUENCY", "99")],
+    );
+    let p = read_profile(&dir.path().join(threadprof::MERGED_FILE));
+    let wall = p.sample_type_index("wall").expect("wall samples");
+    // (tag, state) -> wall ns, for samples whose stack contains `f`.
+    let by = |f: &str| -> HashMap<(String, String), i64> {
+        let mut out = HashMap::new();
+        for s in &p.sample {
+            if s.value[wall] > 0 && p.stack_names(s).iter().any(|n| n.contains(f)) {
+                let key = (
+                    p.label_str(s, "tag").unwrap_or("").to_owned(),
+                    p.label_str(s, "state").unwrap_or("").to_owned(),
+                );
+                *out.entry(key).or_default() += s.value[wall];
+            }
+        }
+        out
+    };
+    let total = |m: &HashMap<(String, String), i64>| m.values().sum::<i64>() as f64;
+    let share = |m: &HashMap<(String, String), i64>, tag: &str, state: &str| {
+        m.get(&(tag.to_owned(), state.to_owned()))
+            .copied()
+            .unwrap_or(0) as f64
+            / total(m)
+    };
+    let burn = by("wall_task_burn");
+    let block = by("wall_task_block");
+    let idle = by("epoll_wait");
+    println!("burn {burn:?}\nblock {block:?}\nidle {idle:?}");
+    assert!(share(&burn, "wall_task", "running") > 0.9, "{burn:?}");
+    assert!(share(&block, "wall_task", "waiting") > 0.9, "{block:?}");
+    assert!(share(&idle, "wall-worker", "waiting") > 0.9, "{idle:?}");
+    // About 0.3 s burning, 0.6 s blocked in the task, 0.9 s idle (generous bounds).
+    let secs = |m: &HashMap<(String, String), i64>| total(m) / 1e9;
+    assert!((0.15..0.6).contains(&secs(&burn)), "{burn:?}");
+    assert!((0.4..0.9).contains(&secs(&block)), "{block:?}");
+    assert!(secs(&idle) > 0.5, "{idle:?}");
+}

@@ -25,6 +25,9 @@ pub const SPAN_NAME: &str = "span_name";
 /// Not yet interned.
 const UNSET: u32 = u32::MAX;
 
+/// Deepest stack of entered spans kept per thread.
+const MAX_ENTERED: usize = 256;
+
 /// Makes samples carry the `tracing` spans they were taken in; see [`layer`].
 #[derive(Clone, Debug, Default)]
 pub struct SpanLayer {
@@ -246,7 +249,17 @@ where
         };
         let scope = Scope::enter(rt, switch, false);
         if scope.saved.is_some() {
-            let _ = ENTERED.try_with(|e| e.borrow_mut().push((id.into_u64(), scope)));
+            let _ = ENTERED.try_with(|e| {
+                let mut entered = e.borrow_mut();
+                if entered.len() >= MAX_ENTERED {
+                    // Spans entered here and never exited here (exited on another thread, or
+                    // leaked): forget the oldest rather than grow without bound. Its scope
+                    // puts nothing back.
+                    let (_, mut oldest) = entered.remove(0);
+                    oldest.saved = None;
+                }
+                entered.push((id.into_u64(), scope));
+            });
         }
     }
 
