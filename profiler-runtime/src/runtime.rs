@@ -45,7 +45,8 @@ pub enum StartError {
     /// The runtime was already started, explicitly or by the first registered thread.
     #[error(
         "the profiler runtime is already running (started by an earlier start() or lazily by the \
-         first registered thread); call Profiler::builder()...start() before registering threads"
+         first registered thread, task or #[profiled] call); call Profiler::builder()...start() \
+         before registering threads"
     )]
     AlreadyStarted,
     /// The runtime was shut down; it cannot be restarted in this process.
