@@ -1053,22 +1053,24 @@ fn span_ids_are_in_windows_and_not_in_cumulative_profiles() {
             tracing::subscriber::with_default(subscriber, || {
                 let mut acc = 0;
                 let mut requests = 0u64;
+                let mut tracing_ids = std::collections::BTreeSet::new();
                 while !stop.load(Ordering::Relaxed) {
                     // A new root span per "request", a child span inside it.
                     let root = tracing::info_span!("request", route = "/spans");
+                    tracing_ids.insert(format!("{:016x}", root.id().unwrap().into_u64()));
                     let _r = root.enter();
                     let _c = tracing::info_span!("parse").entered();
                     acc ^= black_box(http_span_work(2_000_000));
                     requests += 1;
                 }
-                (acc, requests)
+                (acc, requests, tracing_ids)
             })
         })
     };
     std::thread::sleep(Duration::from_millis(100));
     let window = get(addr, "/debug/pprof/profile?seconds=1&tag=http_spans");
     stop.store(true, Ordering::Relaxed);
-    let (_, requests) = worker.join().unwrap();
+    let (_, requests, tracing_ids) = worker.join().unwrap();
     assert_eq!(window.status, 200);
     let window = decode_gz(&window.body).unwrap();
     let spans: Vec<&str> = window
@@ -1087,8 +1089,13 @@ fn span_ids_are_in_windows_and_not_in_cumulative_profiles() {
         assert_eq!(id.len(), 16, "16 hex digits: {id:?}");
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id:?}");
     }
-    // One id per root span, never reused (tracing's own ids are, once a span closes): many
-    // requests in the window, and about as many distinct ids as requests were sampled.
+    // The layer's own ids, not tracing's (slab slots, reused once a span closes).
+    assert!(
+        spans.iter().all(|id| !tracing_ids.contains(*id)),
+        "span ids are tracing's own: {:?}",
+        &spans[..spans.len().min(5)]
+    );
+    // One id per root span: many requests in the window, many distinct ids.
     let distinct: std::collections::BTreeSet<&str> = spans.iter().copied().collect();
     assert!(requests > 20, "{requests} requests");
     assert!(

@@ -854,3 +854,98 @@ fn wall_samples_follow_the_task_and_idle_workers_wait_under_their_base_tag() {
     assert!((0.4..0.9).contains(&secs(&block)), "{block:?}");
     assert!(secs(&idle) > 0.5, "{idle:?}");
 }
+
+/// A logger that calls back into threadprof from inside `log`, as a logger that is itself
+/// instrumented would: the runtime logs while it holds its own locks, so these calls must not
+/// lock them again.
+struct ReentrantLogger;
+
+#[threadprof::profiled(tag = "logger_fn", labels(in_logger = "yes"))]
+fn profiled_in_logger() -> u64 {
+    7
+}
+
+impl log::Log for ReentrantLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let _g = threadprof::enter("from/logger");
+        let _ = threadprof::with_labels(&[("logged", "1")], profiled_in_logger);
+        let _f = threadprof::task("logger_task", async {});
+        threadprof::register_current_thread("logger_thread");
+        eprintln!("LOGGED {}", record.args());
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn child_reentrant_logger() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    log::set_logger(&ReentrantLogger).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
+    // Warnings and debug messages the runtime logs with its locks held: starting, a thread's
+    // registration, an unsafe tag, the label-set bound (THREADPROF_MAX_LABEL_SETS=2), a task
+    // with an unsafe tag, the first call of a #[profiled] function.
+    let t = threadprof::spawn("reentrant", || {
+        let _g = threadprof::enter("unsafe tag/../x");
+        for i in 0..10 {
+            threadprof::with_labels(&[("n", &i.to_string())], || {
+                burn_for(Duration::from_millis(5), request_work)
+            });
+        }
+        let _ = threadprof::task("another unsafe/tag", async {});
+        profiled_in_logger()
+    });
+    assert_eq!(t.join().unwrap(), 7);
+    assert!(threadprof::flush());
+    println!("RESULT done=1");
+    std::process::exit(0);
+}
+
+#[test]
+fn a_logger_that_calls_back_into_threadprof_neither_deadlocks_nor_panics() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_reentrant_logger",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("THREADPROF_DIR", dir.path())
+        .env("THREADPROF_DUMP_INTERVAL", "3600")
+        .env("THREADPROF_MAX_LABEL_SETS", "2")
+        .env_remove("THREADPROF_ENABLED")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the child hung (deadlock)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("RESULT done=1"), "{stdout}");
+    for logged in [
+        "is not a safe file name",
+        "distinct label sets",
+        "registered thread",
+    ] {
+        assert!(stderr.contains(logged), "{logged:?} not logged:\n{stderr}");
+    }
+}

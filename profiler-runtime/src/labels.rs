@@ -167,8 +167,11 @@ impl LabelSets {
             return id;
         }
         let id = self.intern_slow(pairs);
-        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if bytes > MAX_KEY_LEN + MAX_VALUE_LEN {
+        if pairs.len() > 16
+            || pairs
+                .iter()
+                .any(|(k, v)| k.len() > MAX_KEY_LEN || v.len() > MAX_VALUE_LEN)
+        {
             return id; // not cached: the cache keeps its copies small
         }
         let _ = PAIRS_CACHE.try_with(|c| {

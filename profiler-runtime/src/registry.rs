@@ -299,6 +299,9 @@ impl Registry {
             s
         };
         if let Some(&id) = inner.tag_ids.get(&safe) {
+            if safe != raw {
+                inner.tag_ids.insert(raw.to_owned(), id); // warned once per spelling
+            }
             return (id, warnings);
         }
         let id = inner.tags.len() as u32;
@@ -314,6 +317,9 @@ impl Registry {
             ));
         }
         inner.tags.push(safe.clone());
+        if safe != raw {
+            inner.tag_ids.insert(raw.to_owned(), id); // warned once per spelling
+        }
         inner.tag_ids.insert(safe, id);
         (id, warnings)
     }
@@ -354,9 +360,12 @@ impl Registry {
         let nested = REGISTRATION.try_with(|cell| {
             let mut cell = cell.borrow_mut();
             let reg = cell.as_mut()?;
+            let Some(slot) = reg.slot.as_ref() else {
+                // Its registration is ending (a logger called back from its drop).
+                return Some(0);
+            };
             reg.next_guard += 1;
             let guard = reg.next_guard;
-            let slot = reg.slot.as_ref()?;
             // Only the tag changes, and only the tag is put back: labels in force stay.
             let before = slot.context.load(Ordering::Relaxed);
             reg.guards.push((guard, before as u32));
@@ -367,6 +376,7 @@ impl Registry {
             Some(guard)
         });
         match nested {
+            Ok(Some(0)) => return ThreadGuard::inert(),
             Ok(Some(guard)) => {
                 return ThreadGuard {
                     id: guard,
@@ -481,7 +491,6 @@ impl Registry {
             );
             id
         };
-        log::debug!("registered thread {name:?} (tid {tid}) under tag {tag_name:?}");
         let registration = Registration {
             id,
             altstack,
@@ -495,11 +504,16 @@ impl Registry {
             for_life,
             registry: self,
         };
-        let stored = REGISTRATION.try_with(|cell| *cell.borrow_mut() = Some(registration));
-        if stored.is_err() {
+        let stored = REGISTRATION.try_with(|cell| cell.borrow_mut().replace(registration));
+        let Ok(replaced) = stored else {
             // TLS is being torn down: `registration` was dropped, which unregistered it.
             return ThreadGuard::inert();
-        }
+        };
+        // None in practice (callers checked); dropped outside the borrow if not.
+        drop(replaced);
+        crate::diagnostics::debug(format_args!(
+            "registered thread {name:?} (tid {tid}) under tag {tag_name:?}"
+        ));
         if for_life {
             return ThreadGuard::inert();
         }
@@ -523,11 +537,10 @@ impl Registry {
         inner.ended_recorded += t.record.slot.buffer.recorded();
         inner.ended_dropped += t.record.slot.buffer.dropped();
         inner.ended_cut_short += t.record.slot.cut_short.load(Ordering::Relaxed);
-        log::debug!(
+        crate::diagnostics::debug(format_args!(
             "unregistered thread {:?} (tid {})",
-            t.record.name,
-            t.record.tid
-        );
+            t.record.name, t.record.tid
+        ));
         inner.retired.push(t.record);
     }
 

@@ -180,7 +180,7 @@ extern "C" fn at_exit() {
 /// Starts with `config`; the caller holds START_LOCK and saw NOT_STARTED.
 fn start_locked(config: Config) -> Result<(), StartError> {
     if !config.enabled {
-        log::debug!("threadprof disabled by configuration");
+        crate::diagnostics::debug(format_args!("threadprof disabled by configuration"));
         PHASE.store(DISABLED, Ordering::Release);
         return Ok(());
     }
@@ -228,13 +228,13 @@ fn start_locked(config: Config) -> Result<(), StartError> {
         unsafe { libc::atexit(at_exit) };
         crate::registry::watch_forks();
     }
-    log::debug!(
+    crate::diagnostics::debug(format_args!(
         "threadprof started: dir {}, every {:?}, {} Hz CPU, {} Hz wall",
         rt.config.output_dir.display(),
         rt.config.dump_interval,
         rt.config.frequency,
         rt.config.wall_frequency
-    );
+    ));
     PHASE.store(RUNNING, Ordering::Release);
     Ok(())
 }
@@ -242,7 +242,10 @@ fn start_locked(config: Config) -> Result<(), StartError> {
 /// The running runtime, if it runs (never starts it): one atomic load when it does not.
 #[inline]
 pub(crate) fn running() -> Option<&'static Runtime> {
-    if PHASE.load(Ordering::Acquire) != RUNNING || crate::registry::in_forked_child() {
+    if PHASE.load(Ordering::Acquire) != RUNNING
+        || crate::registry::in_forked_child()
+        || crate::diagnostics::reporting()
+    {
         return None;
     }
     RUNTIME.get()
@@ -250,7 +253,9 @@ pub(crate) fn running() -> Option<&'static Runtime> {
 
 /// The running runtime, starting it from defaults and the environment on first use.
 pub(crate) fn active() -> Option<&'static Runtime> {
-    if crate::registry::in_forked_child() {
+    // In a forked child the runtime's threads do not exist; inside the logger on the
+    // runtime's behalf, a runtime lock may be held by this very thread.
+    if crate::registry::in_forked_child() || crate::diagnostics::reporting() {
         return None;
     }
     match PHASE.load(Ordering::Acquire) {
@@ -318,7 +323,7 @@ pub fn shutdown() {
     if let Some(d) = dump {
         d.stop(FINAL_DUMP_TIMEOUT);
     }
-    log::debug!("threadprof stopped");
+    crate::diagnostics::debug(format_args!("threadprof stopped"));
 }
 
 /// The threads registered now.

@@ -535,7 +535,9 @@ mod imp {
             Ok(Ok(swap)) => Some(swap),
             Ok(Err(Kept::HostStack)) => None,
             Ok(Err(Kept::OnAlternateStack)) => {
-                log::debug!("registered while on the alternate signal stack; keeping it");
+                crate::diagnostics::debug(format_args!(
+                    "registered while on the alternate signal stack; keeping it"
+                ));
                 None
             }
             Err(e) => {

@@ -218,34 +218,37 @@ where
             return;
         }
         let Some(span) = ctx.span(id) else { return };
-        let set = {
+        // Copy out what is needed and let go of the extensions before interning: interning may
+        // log, and a logger bridged into `tracing` may reach this span's extensions again.
+        let (cached, pairs, root) = {
             let ext = span.extensions();
             let Some(labels) = ext.get::<SpanLabels>() else {
                 return;
             };
-            match labels.set.load(Ordering::Relaxed) {
-                UNSET => {
-                    let mut pairs: Vec<(&str, &str)> = vec![(SPAN_NAME, labels.name)];
-                    pairs.extend(labels.fields.iter().map(|(k, v)| (*k, v.as_str())));
-                    let set = rt.labels.intern(&pairs);
-                    labels.set.store(set, Ordering::Relaxed);
-                    set
-                }
-                set => set,
-            }
+            let cached = labels.set.load(Ordering::Relaxed);
+            let pairs: Vec<(&'static str, String)> = if cached == UNSET {
+                std::iter::once((SPAN_NAME, labels.name.to_owned()))
+                    .chain(labels.fields.iter().cloned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (cached, pairs, labels.root)
         };
-        let root = if self.span_ids {
-            span.scope()
-                .from_root()
-                .next()
-                .map(|root| root.id().into_u64())
+        let set = if cached == UNSET {
+            let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let set = rt.labels.intern(&refs);
+            if let Some(labels) = span.extensions().get::<SpanLabels>() {
+                labels.set.store(set, Ordering::Relaxed);
+            }
+            set
         } else {
-            None
+            cached
         };
         let switch = Switch {
             tag: None,
             labels: set,
-            span: root,
+            span: (self.span_ids && root != 0).then_some(root),
         };
         let scope = Scope::enter(rt, switch, false);
         if scope.saved.is_some() {
@@ -253,9 +256,12 @@ where
                 let mut entered = e.borrow_mut();
                 if entered.len() >= MAX_ENTERED {
                     // Spans entered here and never exited here (exited on another thread, or
-                    // leaked): forget the oldest rather than grow without bound. Its scope
-                    // puts nothing back.
+                    // leaked): forget the oldest rather than grow without bound. The next one
+                    // puts back what it found instead.
                     let (_, mut oldest) = entered.remove(0);
+                    if let Some((_, next)) = entered.first_mut() {
+                        next.saved = oldest.saved.take();
+                    }
                     oldest.saved = None;
                 }
                 entered.push((id.into_u64(), scope));

@@ -105,6 +105,10 @@ impl Scope {
     /// registered for life if `register`, else nothing happens.
     #[inline]
     pub(crate) fn enter(rt: &Runtime, switch: Switch, register: bool) -> Scope {
+        if crate::registry::in_forked_child() {
+            // The parent's locks may be held forever here, and its runtime threads are gone.
+            return Scope::INERT;
+        }
         let mut slot = current_slot();
         if slot.is_null() && register {
             slot = register_for_life();
@@ -262,16 +266,24 @@ impl CallSite {
 
     #[inline]
     fn switch(&self) -> Option<(&'static Runtime, Switch)> {
-        *self.switch.get_or_init(|| {
-            runtime::active().map(|rt| {
-                let switch = Switch {
-                    tag: Some(rt.registry.intern_tag(self.tag)),
-                    labels: rt.labels.intern(self.labels),
-                    span: None,
-                };
-                (rt, switch)
-            })
-        })
+        if let Some(switch) = self.switch.get() {
+            return *switch;
+        }
+        // Computed outside the cell: interning may log, and a logger that calls this function
+        // again must not re-enter the cell's initialisation (a deadlock). Interning twice in a
+        // race gives the same ids.
+        if crate::diagnostics::reporting() {
+            return None; // the logger on the runtime's behalf: do not cache that answer
+        }
+        let computed = runtime::active().map(|rt| {
+            let switch = Switch {
+                tag: Some(rt.registry.intern_tag(self.tag)),
+                labels: rt.labels.intern(self.labels),
+                span: None,
+            };
+            (rt, switch)
+        });
+        *self.switch.get_or_init(|| computed)
     }
 
     /// `#[profiled]` on an `async fn`: every poll of `fut` under this site's tag and labels.

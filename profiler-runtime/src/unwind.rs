@@ -150,7 +150,9 @@ pub(crate) fn refresh() {
     let deadline = Instant::now() + Duration::from_secs(1);
     while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
         if Instant::now() > deadline {
-            log::debug!("unwinder still in use after 1 s; leaking the replaced one");
+            crate::diagnostics::debug(format_args!(
+                "unwinder still in use after 1 s; leaking the replaced one"
+            ));
             return;
         }
         std::thread::sleep(Duration::from_micros(200));
