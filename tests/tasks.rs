@@ -896,7 +896,7 @@ fn child_reentrant_logger() {
                 burn_for(Duration::from_millis(5), request_work)
             });
         }
-        let _ = threadprof::task("another unsafe/tag", async {});
+        drop(threadprof::task("another unsafe/tag", async {}));
         profiled_in_logger()
     });
     assert_eq!(t.join().unwrap(), 7);
