@@ -331,6 +331,16 @@ impl Aggregator {
             file: None,
             line: 0,
         }];
+        // Every address this profile needs, resolved in one pass per object file.
+        symbols.prepare(
+            self.tags
+                .iter()
+                .filter(|(&tag, _)| only.is_none_or(|o| o == tag))
+                .flat_map(|(_, p)| p.stacks.keys())
+                .filter(|key| view.keeps(key.kind))
+                .flat_map(|key| key.frames.iter().copied()),
+            objects,
+        );
         let mut dropped = 0;
         let mut label_sets: HashMap<u32, Vec<(String, String)>> = HashMap::new();
         for (&tag, profile) in &self.tags {

@@ -105,7 +105,7 @@ impl DumpLoop {
         let state = DumpState {
             rt,
             aggregator: Aggregator::new(periods, rt.started),
-            symbols: Symbolizer::default(),
+            symbols: Symbolizer::new(rt.config.debuginfo),
             handler_lost_reported: false,
             periods,
             windows: std::collections::HashMap::new(),
