@@ -359,10 +359,10 @@ fn median(mut v: Vec<i64>) -> i64 {
 
 /// Builds the example; returns the binary. `debuginfo` builds it with full debug info into
 /// its own target directory.
-fn build_example(target: &Path, debuginfo: bool) -> PathBuf {
+fn build_example(source: &Path, target: &Path, debuginfo: bool) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+    cmd.current_dir(source).args([
         "build",
         "--release",
         "--features",
@@ -373,7 +373,8 @@ fn build_example(target: &Path, debuginfo: bool) -> PathBuf {
     ]);
     cmd.arg(target);
     let shown = format!(
-        "{}cargo build --release --features enabled --example ip_monitor --target-dir {}",
+        "(cd {} && {}cargo build --release --features enabled --example ip_monitor --target-dir {})",
+        source.display(),
         if debuginfo {
             "CARGO_PROFILE_RELEASE_DEBUG=true "
         } else {
@@ -577,6 +578,9 @@ fn run_example(
 
 // ---------------------------------------------------------------- main
 
+/// Index of the profiler-off run of a build in the results.
+const OFF: usize = 3;
+
 fn main() {
     match std::env::var(CHILD_ENV).as_deref() {
         Ok("busy-registered") => return busy_child(true),
@@ -603,8 +607,18 @@ fn main() {
     println!();
     println!("Builds:");
     println!();
-    let release = build_example(&target, false);
-    let debuginfo = build_example(&target.join("footprint-debuginfo"), true);
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let release = build_example(here, &target, false);
+    let debuginfo = build_example(here, &target.join("footprint-debuginfo"), true);
+    // Side by side with another build of the project (e.g. a worktree of the commit before a
+    // change): FOOTPRINT_BASELINE=<checkout>; its rows run with the default setting only.
+    let baseline = std::env::var_os("FOOTPRINT_BASELINE").map(PathBuf::from);
+    let baseline_bins = baseline.as_ref().map(|dir| {
+        (
+            build_example(dir, &target.join("footprint-baseline"), false),
+            build_example(dir, &target.join("footprint-baseline-debuginfo"), true),
+        )
+    });
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -644,7 +658,7 @@ fn main() {
     println!(
         "THREADPROF_DEBUGINFO: {}",
         if honoured {
-            "read by the runtime (`auto`: no separate debug files; `on`: with them)."
+            "read by the runtime (`off`: symbol tables only; `auto`: also DWARF inside the objects, and a stripped library's separate symbol table; `on`: also separate files' DWARF)."
         } else {
             "NOT read by the runtime at this commit: the `auto` and `on` rows measure the same configuration."
         }
@@ -652,16 +666,27 @@ fn main() {
 
     let mut commands = Vec::new();
     let mut results: BTreeMap<(usize, usize), ExampleRun> = BTreeMap::new();
-    let builds = [("release", &release), ("full debug info", &debuginfo)];
-    let settings = ["auto", "on"];
-    for (b, (_, exe)) in builds.iter().enumerate() {
+    let mut builds = vec![("release", &release), ("full debug info", &debuginfo)];
+    if let Some((r, d)) = &baseline_bins {
+        builds.push(("release, baseline", r));
+        builds.push(("full debug info, baseline", d));
+    }
+    let settings = ["auto", "on", "off"];
+    for (b, (name, exe)) in builds.iter().enumerate() {
+        let is_baseline = name.ends_with("baseline");
         for (s, setting) in settings.iter().enumerate() {
+            if is_baseline && s > 0 {
+                continue;
+            }
             results.insert(
                 (b, s),
                 run_example(exe, seconds, Some(setting), &mut commands),
             );
         }
-        results.insert((b, 2), run_example(exe, off_seconds, None, &mut commands));
+        if !is_baseline {
+            // A baseline build is compared with the off run of the same kind of build.
+            results.insert((b, OFF), run_example(exe, off_seconds, None, &mut commands));
+        }
     }
 
     println!();
@@ -680,13 +705,16 @@ fn main() {
         for (s, label) in [
             "on, `DEBUGINFO=auto`",
             "on, `DEBUGINFO=on`",
+            "on, `DEBUGINFO=off`",
             "off (`ENABLED=0`)",
         ]
         .iter()
         .enumerate()
         {
-            let r = &results[&(b, s)];
-            let (before, after) = if s == 2 {
+            let Some(r) = results.get(&(b, s)) else {
+                continue;
+            };
+            let (before, after) = if s == OFF {
                 let (t0, t1) = results[&(b, 0)].first_dump_at.unwrap_or((1.0, 1.1));
                 (r.near(t0), r.near(t1))
             } else {
@@ -708,9 +736,11 @@ fn main() {
     println!("| binary | `THREADPROF_DEBUGINFO` | before 1st dump | after 1st dump | end of run (anon) | peak | 1st dump: wall / dump-thread CPU | later dumps: CPU per dump, with 10 drains |");
     println!("|---|---|---|---|---|---|---|---|");
     for (b, (name, _)) in builds.iter().enumerate() {
-        let off = &results[&(b, 2)];
+        let off = &results[&(b % 2, OFF)];
         for (s, setting) in settings.iter().enumerate() {
-            let on = &results[&(b, s)];
+            let Some(on) = results.get(&(b, s)) else {
+                continue;
+            };
             let (t0, t1) = on.first_dump_at.unwrap_or((1.0, 1.1));
             let grow = |a: u64, b: u64| signed_mib(a as i64 - b as i64);
             println!(
