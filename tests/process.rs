@@ -244,7 +244,9 @@ fn symbolization_memory_stays_small_and_flat() {
     };
     let (on_first, on_end) = read("1");
     let (_, off_end) = read("0");
-    println!("RSS KiB: profiler on {on_first} after the first dump, {on_end} at the end; off {off_end}");
+    println!(
+        "RSS KiB: profiler on {on_first} after the first dump, {on_end} at the end; off {off_end}"
+    );
     // Generous bounds: the build before this design grew by 60+ MiB here.
     assert!(
         on_end < off_end + 16 * 1024,

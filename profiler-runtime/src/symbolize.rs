@@ -29,11 +29,24 @@ pub(crate) type Frames = Arc<[FrameInfo]>;
 /// Where separate debug files are looked up by build id.
 const DEBUG_DIR: &str = "/usr/lib/debug/.build-id";
 
+/// Least time between two DWARF parses of one object. Parsing a large binary's DWARF costs
+/// tens to hundreds of ms; addresses that first appear in between are named from the symbol
+/// table (cheap) and get their inline frames and lines at the next parse.
+const DWARF_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An object, as a key that survives its unloading: (path, load bias).
+type ObjectKey = (String, u64);
+
 /// A cache of resolved addresses.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
     cache: HashMap<u64, Frames>,
     debuginfo: DebugInfo,
+    /// When each object's DWARF was last parsed.
+    last_dwarf: HashMap<ObjectKey, std::time::Instant>,
+    /// Addresses named from the symbol table alone while their object's DWARF could not be
+    /// parsed again yet: resolved again at its next parse.
+    provisional: HashMap<ObjectKey, Vec<u64>>,
 }
 
 fn short_path(path: &str) -> &str {
@@ -115,7 +128,9 @@ fn function_symbols<'d>(file: &object::File<'d>) -> Vec<(u64, u64, &'d str)> {
             .then(a.3.cmp(b.3))
     });
     all.dedup_by_key(|s| s.0);
-    all.into_iter().map(|(a, size, _, n)| (a, size, n)).collect()
+    all.into_iter()
+        .map(|(a, size, _, n)| (a, size, n))
+        .collect()
 }
 
 fn symbol_at<'d>(symbols: &[(u64, u64, &'d str)], svma: u64) -> Option<&'d str> {
@@ -143,7 +158,9 @@ fn build_id(file: &object::File<'_>) -> Option<String> {
 /// Resolves `addrs` (all inside `obj`) with a parsed DWARF context, or the symbol table alone.
 struct ObjectResolver<'d> {
     symbols: Vec<(u64, u64, &'d str)>,
-    dwarf: Option<addr2line::Context<addr2line::gimli::EndianSlice<'d, addr2line::gimli::RunTimeEndian>>>,
+    dwarf: Option<
+        addr2line::Context<addr2line::gimli::EndianSlice<'d, addr2line::gimli::RunTimeEndian>>,
+    >,
 }
 
 impl<'d> ObjectResolver<'d> {
@@ -174,10 +191,9 @@ impl<'d> ObjectResolver<'d> {
                         .and_then(|f| f.raw_name().ok())
                         .map(|n| demangle(&n));
                     let Some(name) = name else { continue };
-                    let (file, line) = frame
-                        .location
-                        .as_ref()
-                        .map_or((None, 0), |l| (l.file.map(str::to_owned), l.line.unwrap_or(0)));
+                    let (file, line) = frame.location.as_ref().map_or((None, 0), |l| {
+                        (l.file.map(str::to_owned), l.line.unwrap_or(0))
+                    });
                     frames.push(FrameInfo {
                         name,
                         file,
@@ -251,8 +267,9 @@ impl<'d> SectionStore<'d> {
 
     fn context(
         &'d self,
-    ) -> Option<addr2line::Context<addr2line::gimli::EndianSlice<'d, addr2line::gimli::RunTimeEndian>>>
-    {
+    ) -> Option<
+        addr2line::Context<addr2line::gimli::EndianSlice<'d, addr2line::gimli::RunTimeEndian>>,
+    > {
         use addr2line::gimli;
         let endian = if self.file.is_little_endian() {
             gimli::RunTimeEndian::Little
@@ -270,8 +287,8 @@ impl<'d> SectionStore<'d> {
 impl Symbolizer {
     pub(crate) fn new(debuginfo: DebugInfo) -> Symbolizer {
         Symbolizer {
-            cache: HashMap::new(),
             debuginfo,
+            ..Symbolizer::default()
         }
     }
 
@@ -290,12 +307,44 @@ impl Symbolizer {
                 }
             }
         }
+        // Objects whose provisional names are due for their DWARF pass, new addresses or not.
+        let now = std::time::Instant::now();
+        for (i, o) in objects.iter().enumerate() {
+            let key = (o.path.clone(), o.bias);
+            let due = self
+                .last_dwarf
+                .get(&key)
+                .is_none_or(|t| now.duration_since(*t) >= DWARF_EVERY);
+            if due && self.provisional.contains_key(&key) {
+                by_object.entry(i).or_default();
+            }
+        }
         let parsed = !by_object.is_empty();
         for (i, mut addrs) in by_object {
+            let obj = &objects[i];
+            let key = (obj.path.clone(), obj.bias);
+            let dwarf = self.debuginfo != DebugInfo::Off
+                && self
+                    .last_dwarf
+                    .get(&key)
+                    .is_none_or(|t| now.duration_since(*t) >= DWARF_EVERY);
+            if dwarf {
+                self.last_dwarf.insert(key.clone(), now);
+                addrs.extend(self.provisional.remove(&key).unwrap_or_default());
+            } else if self.debuginfo != DebugInfo::Off {
+                self.provisional
+                    .entry(key)
+                    .or_default()
+                    .extend(addrs.iter().copied());
+            }
             addrs.sort_unstable();
             addrs.dedup();
-            let obj = &objects[i];
-            let resolved = resolve_in_object(obj, &addrs, self.debuginfo);
+            let policy = if dwarf {
+                self.debuginfo
+            } else {
+                DebugInfo::Off
+            };
+            let resolved = resolve_in_object(obj, &addrs, policy, self.debuginfo);
             for (addr, frames) in addrs.into_iter().zip(resolved) {
                 let frames = if frames.is_empty() {
                     fallback(addr, Some(obj))
@@ -362,7 +411,15 @@ fn debug_file_path(id: &str) -> Option<String> {
 }
 
 /// Frames for each of `addrs` (sorted, all in `obj`); an empty list where nothing names one.
-fn resolve_in_object(obj: &LoadedObject, addrs: &[u64], policy: DebugInfo) -> Vec<Vec<FrameInfo>> {
+///
+/// `policy` says how much DWARF to parse now; `files` which separate debug files to read
+/// (their symbol tables at least), as configured.
+fn resolve_in_object(
+    obj: &LoadedObject,
+    addrs: &[u64],
+    policy: DebugInfo,
+    files: DebugInfo,
+) -> Vec<Vec<FrameInfo>> {
     let nothing = || vec![Vec::new(); addrs.len()];
     let vdso;
     let mapped;
@@ -389,7 +446,7 @@ fn resolve_in_object(obj: &LoadedObject, addrs: &[u64], policy: DebugInfo) -> Ve
     // A separate debug file: always with `on`; with `auto` only for a stripped object (no
     // .symtab), whose internal functions would otherwise go unnamed, and then only its symbol
     // table.
-    let debug_path = match policy {
+    let debug_path = match files {
         DebugInfo::Off => None,
         DebugInfo::Auto if has_symtab(&file) => None,
         _ => debug_file_path(&obj.build_id),
@@ -412,7 +469,10 @@ fn resolve_in_object(obj: &LoadedObject, addrs: &[u64], policy: DebugInfo) -> Ve
         .iter()
         .map(|&addr| {
             let svma = addr.wrapping_sub(obj.bias);
-            let frames = separate.as_ref().map(|r| r.frames(svma)).unwrap_or_default();
+            let frames = separate
+                .as_ref()
+                .map(|r| r.frames(svma))
+                .unwrap_or_default();
             if frames.is_empty() {
                 own.frames(svma)
             } else {
@@ -446,7 +506,10 @@ mod tests {
                 "{policy:?}: {f:?}"
             );
             let g = s.resolve(libc_fn, &objects);
-            assert!(g.iter().any(|f| f.name.contains("getpid")), "{policy:?}: {g:?}");
+            assert!(
+                g.iter().any(|f| f.name.contains("getpid")),
+                "{policy:?}: {g:?}"
+            );
         }
     }
 
