@@ -82,10 +82,10 @@ pub(crate) struct DumpLoop {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The dump thread's state.
 /// Objects remembered for naming addresses after they are unloaded.
 const MAX_SEEN_OBJECTS: usize = 1024;
 
+/// The dump thread's state.
 struct DumpState {
     rt: &'static Runtime,
     aggregator: Aggregator,
@@ -379,6 +379,8 @@ impl DumpState {
             return;
         }
         let objects = self.objects_for_names();
+        // Every address of every file, resolved in one pass per object (not once per file).
+        self.symbols.prepare(self.aggregator.addresses(), &objects);
         let names = RuntimeNames(self.rt);
         let name = |id: u32| names.tag(id);
         let mut files: Vec<(String, Option<u32>)> = tags

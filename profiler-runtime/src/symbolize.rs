@@ -68,120 +68,193 @@ fn demangle(name: &str) -> String {
     name.to_owned()
 }
 
-/// A file mapped read-only for the time of one resolution.
-struct Mapped(memmap2::Mmap);
+/// Largest DWARF read for one object, in bytes after decompression. Above it the object is
+/// named from its symbol tables alone (one warning): decompressing a huge binary's DWARF into
+/// the heap would cost the host that much memory for the time of a dump.
+const MAX_DWARF_BYTES: u64 = 256 << 20;
 
-impl Mapped {
-    fn open(path: &str) -> Option<Mapped> {
-        let file = std::fs::File::open(path).ok()?;
-        // SAFETY: a private read-only mapping; the bytes are only read while it lives. A file
-        // truncated in place meanwhile could fault on access; loaded objects are replaced by
-        // rename (a new inode), which leaves this mapping intact, and the build id is checked
-        // before anything else is read.
-        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-        Some(Mapped(map))
+/// The DWARF sections names and lines need (not locations, macros or type units).
+const DWARF_SECTIONS: &[&str] = &[
+    ".debug_info",
+    ".debug_abbrev",
+    ".debug_str",
+    ".debug_str_offsets",
+    ".debug_line",
+    ".debug_line_str",
+    ".debug_ranges",
+    ".debug_rnglists",
+    ".debug_addr",
+    ".debug_aranges",
+];
+
+/// Opens a file to read symbols from: an absolute path to a regular file only, without
+/// blocking (a FIFO or a hung mount at a stale path must not stop the dump thread).
+fn open_regular(path: &str) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !path.starts_with('/') {
+        return None;
     }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
 }
 
-/// The vDSO's ELF image, from memory (it has no file).
-fn vdso_image() -> Option<&'static [u8]> {
+/// The vDSO's ELF image, from memory (it has no file): the `[vdso]` mapping of
+/// `/proc/self/maps`, so every byte read is inside it.
+fn vdso_image(obj: &LoadedObject) -> Option<&'static [u8]> {
     // SAFETY: getauxval has no preconditions.
-    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
-    if base == 0 {
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+    if base == 0 || !obj.text.contains(&base) && obj.bias != base {
         return None;
     }
-    // SAFETY: the kernel maps the vDSO's whole image, readable, at AT_SYSINFO_EHDR for the
-    // life of the process; its ELF header is 64 bytes.
-    let header = unsafe { std::slice::from_raw_parts(base as *const u8, 64) };
-    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or([0; 8]));
-    let u16_at = |at: usize| u16::from_le_bytes(header[at..at + 2].try_into().unwrap_or([0; 2]));
-    if &header[..4] != b"\x7fELF" || header[4] != 2 {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    let range = line.split(' ').next()?;
+    let (lo, hi) = range.split_once('-')?;
+    let (lo, hi) = (
+        u64::from_str_radix(lo, 16).ok()?,
+        u64::from_str_radix(hi, 16).ok()?,
+    );
+    if lo != base || hi <= lo {
         return None;
     }
-    // The section headers come last in the image: its end.
-    let end = u64_at(0x28) + u64::from(u16_at(0x3c)) * u64::from(u16_at(0x3a));
-    if end < 64 || end > 1 << 20 {
-        return None;
+    // SAFETY: the kernel maps the vDSO readable at [lo, hi) for the life of the process (the
+    // maps line says so); nothing unmaps it but a checkpoint/restore tool, which also
+    // rewrites the auxiliary vector this was checked against.
+    Some(unsafe { std::slice::from_raw_parts(lo as *const u8, (hi - lo) as usize) })
+}
+
+/// The function symbol naming each of `svmas` (sorted file addresses), in one pass over the
+/// symbol tables (`.symtab` and `.dynsym`): of the symbols covering an address, the nearest
+/// below it; of the names one address has (C libraries alias `clock_nanosleep`,
+/// `__clock_nanosleep` and a local `__GI___clock_nanosleep`), a sized, exported one with the
+/// fewest leading underscores. A symbol without a size extends to the end of its section.
+fn symbols_for<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    svmas: &[u64],
+) -> Vec<Option<&'d str>> {
+    type Candidate<'n> = (u64, bool, usize, &'n str);
+    let better = |a: &Candidate<'_>, b: &Candidate<'_>| {
+        (a.0, a.1, std::cmp::Reverse(a.2), std::cmp::Reverse(a.3))
+            > (b.0, b.1, std::cmp::Reverse(b.2), std::cmp::Reverse(b.3))
+    };
+    let mut best: Vec<Option<Candidate<'d>>> = vec![None; svmas.len()];
+    for sym in file.symbols().chain(file.dynamic_symbols()) {
+        if sym.kind() != object::SymbolKind::Text || !sym.is_definition() || sym.address() == 0 {
+            continue;
+        }
+        let start = sym.address();
+        let size = if sym.size() > 0 {
+            sym.size()
+        } else {
+            sym.section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+                .map_or(0, |sec| {
+                    sec.address()
+                        .saturating_add(sec.size())
+                        .saturating_sub(start)
+                })
+        };
+        let end = start.saturating_add(size);
+        let lo = svmas.partition_point(|&a| a < start);
+        let hi = svmas.partition_point(|&a| a < end);
+        if lo >= hi {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        if name.is_empty() {
+            continue;
+        }
+        let underscores = name.len() - name.trim_start_matches('_').len();
+        let candidate = (start, sym.size() > 0 && sym.is_global(), underscores, name);
+        for slot in &mut best[lo..hi] {
+            if slot.as_ref().is_none_or(|b| better(&candidate, b)) {
+                *slot = Some(candidate);
+            }
+        }
     }
-    // SAFETY: as above; `end` bytes is the image's extent per its own header (bounded).
-    Some(unsafe { std::slice::from_raw_parts(base as *const u8, end as usize) })
+    best.into_iter().map(|c| c.map(|c| c.3)).collect()
 }
 
-/// Function symbols of one file, sorted by address: (start, size, name).
-fn function_symbols<'d>(file: &object::File<'d>) -> Vec<(u64, u64, &'d str)> {
-    let mut all: Vec<(u64, u64, bool, &str)> = file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .filter(|s| s.kind() == object::SymbolKind::Text && s.is_definition() && s.address() != 0)
-        .filter_map(|s| Some((s.address(), s.size(), s.is_global(), s.name().ok()?)))
-        .filter(|s| !s.3.is_empty())
-        .collect();
-    // Of the names one address has (C libraries alias `clock_nanosleep`, `__clock_nanosleep`
-    // and a local `__GI___clock_nanosleep`), keep a sized, exported one with the fewest leading
-    // underscores.
-    let underscores = |n: &str| n.len() - n.trim_start_matches('_').len();
-    all.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then(b.1.cmp(&a.1))
-            .then(b.2.cmp(&a.2))
-            .then(underscores(a.3).cmp(&underscores(b.3)))
-            .then(a.3.cmp(b.3))
-    });
-    all.dedup_by_key(|s| s.0);
-    all.into_iter()
-        .map(|(a, size, _, n)| (a, size, n))
-        .collect()
-}
-
-fn symbol_at<'d>(symbols: &[(u64, u64, &'d str)], svma: u64) -> Option<&'d str> {
-    let i = symbols.partition_point(|s| s.0 <= svma).checked_sub(1)?;
-    let (start, size, name) = symbols[i];
-    (size == 0 || svma < start + size).then_some(name)
-}
-
-fn has_symtab(file: &object::File<'_>) -> bool {
+fn has_symtab<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> bool {
     file.section_by_name(".symtab").is_some()
 }
 
-fn has_dwarf(file: &object::File<'_>) -> bool {
-    file.section_by_name(".debug_info")
-        .or_else(|| file.section_by_name(".zdebug_info"))
-        .is_some_and(|s| s.size() > 0)
-}
-
 /// The GNU build id of a file, as lowercase hex.
-fn build_id(file: &object::File<'_>) -> Option<String> {
+fn build_id<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> Option<String> {
     let id = file.build_id().ok()??;
     Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Resolves `addrs` (all inside `obj`) with a parsed DWARF context, or the symbol table alone.
-struct ObjectResolver<'d> {
-    symbols: Vec<(u64, u64, &'d str)>,
-    dwarf: Option<
-        addr2line::Context<addr2line::gimli::EndianSlice<'d, addr2line::gimli::RunTimeEndian>>,
-    >,
+type Endian = addr2line::gimli::RunTimeEndian;
+type Sections<'d> = addr2line::gimli::DwarfSections<Cow<'d, [u8]>>;
+type Context<'s> = addr2line::Context<addr2line::gimli::EndianSlice<'s, Endian>>;
+
+/// The DWARF sections of `file` that names and lines need, decompressed where needed; `None`
+/// without debug info or when it is too big (see [`MAX_DWARF_BYTES`]).
+fn dwarf_sections<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    path: &str,
+) -> Option<Sections<'d>> {
+    let info = file.section_by_name(".debug_info")?;
+    if info.size() == 0 {
+        return None;
+    }
+    let total: u64 = DWARF_SECTIONS
+        .iter()
+        .filter_map(|name| file.section_by_name(name))
+        .map(|s| {
+            s.compressed_data()
+                .map_or(s.size(), |c| c.uncompressed_size)
+        })
+        .sum();
+    if total > MAX_DWARF_BYTES {
+        crate::diagnostics::warn(
+            &format!("dwarf-too-big:{path}"),
+            &format!(
+                "{path}: {} MiB of debug info is more than symbolization reads ({} MiB); its \
+                 functions are named from the symbol table, without inline frames or lines",
+                total >> 20,
+                MAX_DWARF_BYTES >> 20
+            ),
+        );
+        return None;
+    }
+    addr2line::gimli::DwarfSections::load(|id| -> Result<Cow<'d, [u8]>, ()> {
+        let name = id.name();
+        if !DWARF_SECTIONS.contains(&name) {
+            return Ok(Cow::Borrowed(&[]));
+        }
+        Ok(file
+            .section_by_name(name)
+            .and_then(|s| s.uncompressed_data().ok())
+            .unwrap_or(Cow::Borrowed(&[])))
+    })
+    .ok()
 }
 
-impl<'d> ObjectResolver<'d> {
-    fn new(
-        file: &object::File<'d>,
-        sections: &'d SectionStore<'d>,
-        with_dwarf: bool,
-    ) -> ObjectResolver<'d> {
-        let dwarf = if with_dwarf && has_dwarf(file) {
-            sections.context()
-        } else {
-            None
-        };
-        ObjectResolver {
-            symbols: function_symbols(file),
-            dwarf,
-        }
-    }
+fn context<'s>(sections: &'s Sections<'_>, endian: Endian) -> Option<Context<'s>> {
+    let dwarf = sections.borrow(|s| addr2line::gimli::EndianSlice::new(s, endian));
+    addr2line::Context::from_dwarf(dwarf).ok()
+}
 
-    fn frames(&self, svma: u64) -> Vec<FrameInfo> {
+/// Names addresses of one file: from its DWARF when parsed, else its symbol tables.
+struct ObjectResolver<'d, 's> {
+    /// The symbol naming each address asked for, in the caller's order.
+    symbols: Vec<Option<&'d str>>,
+    dwarf: Option<Context<'s>>,
+}
+
+impl ObjectResolver<'_, '_> {
+    /// Frames for the `i`th address asked for, at file address `svma`.
+    fn frames(&self, i: usize, svma: u64) -> Vec<FrameInfo> {
         let mut frames = Vec::new();
+        // Whether the outermost DWARF frame had no name (a DIE without one, or reachable only
+        // through a supplementary file not loaded): the symbol table names it instead.
+        let mut outermost_unnamed = false;
         if let Some(ctx) = &self.dwarf {
             if let Ok(mut iter) = ctx.find_frames(svma).skip_all_loads() {
                 while let Ok(Some(frame)) = iter.next() {
@@ -190,97 +263,35 @@ impl<'d> ObjectResolver<'d> {
                         .as_ref()
                         .and_then(|f| f.raw_name().ok())
                         .map(|n| demangle(&n));
-                    let Some(name) = name else { continue };
+                    let Some(name) = name else {
+                        outermost_unnamed = true;
+                        continue;
+                    };
+                    outermost_unnamed = false;
                     let (file, line) = frame.location.as_ref().map_or((None, 0), |l| {
                         (l.file.map(str::to_owned), l.line.unwrap_or(0))
                     });
-                    frames.push(FrameInfo {
-                        name,
-                        file,
-                        line: line.into(),
-                    });
+                    frames.push(FrameInfo { name, file, line });
                 }
             }
         }
-        if frames.is_empty() {
-            if let Some(name) = symbol_at(&self.symbols, svma) {
-                let location = self
-                    .dwarf
-                    .as_ref()
-                    .and_then(|ctx| ctx.find_location(svma).ok().flatten());
+        if frames.is_empty() || outermost_unnamed {
+            if let Some(name) = self.symbols.get(i).copied().flatten() {
+                let location = if frames.is_empty() {
+                    self.dwarf
+                        .as_ref()
+                        .and_then(|ctx| ctx.find_location(svma).ok().flatten())
+                } else {
+                    None
+                };
                 frames.push(FrameInfo {
                     name: demangle(name),
                     file: location.as_ref().and_then(|l| l.file.map(str::to_owned)),
-                    line: location.and_then(|l| l.line).unwrap_or(0).into(),
+                    line: location.and_then(|l| l.line).unwrap_or(0),
                 });
             }
         }
         frames
-    }
-}
-
-/// The DWARF sections of one file, decompressed where needed, for one resolution.
-struct SectionStore<'d> {
-    file: &'d object::File<'d>,
-    /// Decompressed sections live here while the context borrows them.
-    owned: typed_arena_lite::Arena,
-}
-
-mod typed_arena_lite {
-    //! Keeps decompressed section buffers alive at stable addresses for one resolution.
-    use std::cell::RefCell;
-
-    #[derive(Default)]
-    pub(super) struct Arena(RefCell<Vec<Box<[u8]>>>);
-
-    impl Arena {
-        /// Stores `bytes` and returns them for as long as the arena lives.
-        pub(super) fn keep(&self, bytes: Vec<u8>) -> &[u8] {
-            let boxed = bytes.into_boxed_slice();
-            let ptr: *const [u8] = &*boxed;
-            self.0.borrow_mut().push(boxed);
-            // SAFETY: the boxed slice's heap buffer never moves and is freed only when the
-            // arena drops; the returned borrow cannot outlive `self`.
-            unsafe { &*ptr }
-        }
-    }
-}
-
-impl<'d> SectionStore<'d> {
-    fn new(file: &'d object::File<'d>) -> SectionStore<'d> {
-        SectionStore {
-            file,
-            owned: typed_arena_lite::Arena::default(),
-        }
-    }
-
-    fn section(&'d self, name: &str) -> &'d [u8] {
-        let Some(section) = self.file.section_by_name(name) else {
-            return &[];
-        };
-        match section.uncompressed_data() {
-            Ok(Cow::Borrowed(b)) => b,
-            Ok(Cow::Owned(v)) => self.owned.keep(v),
-            Err(_) => &[],
-        }
-    }
-
-    fn context(
-        &'d self,
-    ) -> Option<
-        addr2line::Context<addr2line::gimli::EndianSlice<'d, addr2line::gimli::RunTimeEndian>>,
-    > {
-        use addr2line::gimli;
-        let endian = if self.file.is_little_endian() {
-            gimli::RunTimeEndian::Little
-        } else {
-            gimli::RunTimeEndian::Big
-        };
-        let dwarf = gimli::Dwarf::load(|id| -> Result<_, gimli::Error> {
-            Ok(gimli::EndianSlice::new(self.section(id.name()), endian))
-        })
-        .ok()?;
-        addr2line::Context::from_dwarf(dwarf).ok()
     }
 }
 
@@ -319,7 +330,7 @@ impl Symbolizer {
                 by_object.entry(i).or_default();
             }
         }
-        let parsed = !by_object.is_empty();
+        let mut parsed = false;
         for (i, mut addrs) in by_object {
             let obj = &objects[i];
             let key = (obj.path.clone(), obj.bias);
@@ -344,7 +355,8 @@ impl Symbolizer {
             } else {
                 DebugInfo::Off
             };
-            let resolved = resolve_in_object(obj, &addrs, policy, self.debuginfo);
+            let (resolved, dwarf_parsed) = resolve_in_object(obj, &addrs, policy, self.debuginfo);
+            parsed |= dwarf_parsed;
             for (addr, frames) in addrs.into_iter().zip(resolved) {
                 let frames = if frames.is_empty() {
                     fallback(addr, Some(obj))
@@ -380,7 +392,7 @@ impl Symbolizer {
 /// `object+offset` (or the bare address) for an address no symbol names.
 fn fallback(addr: u64, obj: Option<&LoadedObject>) -> Frames {
     let name = match obj {
-        Some(o) => format!("{}+{:#x}", short_path(&o.path), addr - o.bias),
+        Some(o) => format!("{}+{:#x}", short_path(&o.path), addr.wrapping_sub(o.bias)),
         None => format!("{addr:#x}"),
     };
     Arc::from(vec![FrameInfo {
@@ -390,9 +402,11 @@ fn fallback(addr: u64, obj: Option<&LoadedObject>) -> Frames {
     }])
 }
 
-/// Gives the memory freed by a resolution back to the OS. Parsing DWARF allocates tens of MiB
-/// that are all freed when it ends, but glibc keeps freed memory in the (dump thread's) arena
-/// unless asked; `malloc_trim` returns every free page of every arena.
+/// Gives the memory freed by a DWARF parse back to the OS. Parsing allocates tens of MiB that
+/// are all freed when it ends, but glibc keeps freed memory in the (dump thread's) arena unless
+/// asked; `malloc_trim` returns every free page of every arena. Called only after a DWARF
+/// parse, which happens at most every 10 s per object; with another global allocator it
+/// releases little, and costs little.
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions; it only releases free memory.
@@ -411,75 +425,109 @@ fn debug_file_path(id: &str) -> Option<String> {
 }
 
 /// Frames for each of `addrs` (sorted, all in `obj`); an empty list where nothing names one.
+/// Also says whether DWARF was parsed.
 ///
 /// `policy` says how much DWARF to parse now; `files` which separate debug files to read
-/// (their symbol tables at least), as configured.
+/// (their symbol tables at least), as configured. Files are read with `pread` through a
+/// cache of the ranges asked for, never mapped: a file rewritten in place while it is read
+/// (an unloaded library, a debug file) gives wrong bytes at worst, never SIGBUS.
 fn resolve_in_object(
     obj: &LoadedObject,
     addrs: &[u64],
     policy: DebugInfo,
     files: DebugInfo,
-) -> Vec<Vec<FrameInfo>> {
-    let nothing = || vec![Vec::new(); addrs.len()];
-    let vdso;
-    let mapped;
-    let bytes: &[u8] = match Mapped::open(&obj.path) {
-        Some(m) => {
-            mapped = m;
-            &mapped.0
-        }
-        None if obj.path.contains("vdso") => match vdso_image() {
-            Some(image) => {
-                vdso = image;
-                vdso
+) -> (Vec<Vec<FrameInfo>>, bool) {
+    let nothing = || (vec![Vec::new(); addrs.len()], false);
+    let path = if obj.is_main {
+        "/proc/self/exe"
+    } else {
+        obj.path.as_str()
+    };
+    match open_regular(path) {
+        Some(f) => {
+            let cache = object::ReadCache::new(f);
+            match object::File::parse(&cache) {
+                Ok(file) => resolve_in_file(obj, &file, addrs, policy, files),
+                Err(_) => nothing(),
             }
-            None => return nothing(),
+        }
+        None => match vdso_image(obj) {
+            Some(image) => match object::File::parse(image) {
+                Ok(file) => resolve_in_file(obj, &file, addrs, policy, files),
+                Err(_) => nothing(),
+            },
+            None => nothing(),
         },
-        None => return nothing(),
-    };
-    let Ok(file) = object::File::parse(bytes) else {
-        return nothing();
-    };
-    if !obj.build_id.is_empty() && build_id(&file).is_some_and(|id| id != obj.build_id) {
-        return nothing(); // replaced on disk since it was loaded
     }
+}
+
+fn resolve_in_file<'d, R: object::ReadRef<'d>>(
+    obj: &LoadedObject,
+    file: &object::File<'d, R>,
+    addrs: &[u64],
+    policy: DebugInfo,
+    files: DebugInfo,
+) -> (Vec<Vec<FrameInfo>>, bool) {
+    let nothing = || (vec![Vec::new(); addrs.len()], false);
+    if !obj.build_id.is_empty() && build_id(file).as_deref() != Some(obj.build_id.as_str()) {
+        return nothing(); // not the file that was loaded (replaced on disk since)
+    }
+    let endian = if file.is_little_endian() {
+        Endian::Little
+    } else {
+        Endian::Big
+    };
     // A separate debug file: always with `on`; with `auto` only for a stripped object (no
     // .symtab), whose internal functions would otherwise go unnamed, and then only its symbol
     // table.
     let debug_path = match files {
         DebugInfo::Off => None,
-        DebugInfo::Auto if has_symtab(&file) => None,
+        DebugInfo::Auto if has_symtab(file) => None,
         _ => debug_file_path(&obj.build_id),
     };
-    let debug_mapped = debug_path.as_deref().and_then(Mapped::open);
-    let debug_file = debug_mapped
+    let debug_cache = debug_path
+        .as_deref()
+        .and_then(open_regular)
+        .map(object::ReadCache::new);
+    let debug_file = debug_cache
         .as_ref()
-        .and_then(|m| object::File::parse(&*m.0).ok());
-    let with_dwarf = policy != DebugInfo::Off;
-    let sections = SectionStore::new(&file);
-    let own = ObjectResolver::new(&file, &sections, with_dwarf);
-    let debug_sections = debug_file.as_ref().map(SectionStore::new);
-    // `auto` reads only the separate file's symbol table (the names a stripped library lost);
-    // its DWARF (inline frames and lines inside system libraries) is parsed with `on` only.
-    let separate = match (&debug_file, &debug_sections) {
-        (Some(f), Some(s)) => Some(ObjectResolver::new(f, s, policy == DebugInfo::On)),
+        .and_then(|c| object::File::parse(c).ok());
+    let own_sections = if policy != DebugInfo::Off {
+        dwarf_sections(file, &obj.path)
+    } else {
+        None
+    };
+    let debug_sections = match (&debug_file, policy) {
+        (Some(f), DebugInfo::On) => dwarf_sections(f, debug_path.as_deref().unwrap_or("")),
         _ => None,
     };
-    addrs
+    let parsed = own_sections.is_some() || debug_sections.is_some();
+    // `addrs` is sorted; so are the file addresses (one bias).
+    let svmas: Vec<u64> = addrs.iter().map(|a| a.wrapping_sub(obj.bias)).collect();
+    let own = ObjectResolver {
+        symbols: symbols_for(file, &svmas),
+        dwarf: own_sections.as_ref().and_then(|s| context(s, endian)),
+    };
+    let separate = debug_file.as_ref().map(|f| ObjectResolver {
+        symbols: symbols_for(f, &svmas),
+        dwarf: debug_sections.as_ref().and_then(|s| context(s, endian)),
+    });
+    let frames = svmas
         .iter()
-        .map(|&addr| {
-            let svma = addr.wrapping_sub(obj.bias);
+        .enumerate()
+        .map(|(i, &svma)| {
             let frames = separate
                 .as_ref()
-                .map(|r| r.frames(svma))
+                .map(|r| r.frames(i, svma))
                 .unwrap_or_default();
             if frames.is_empty() {
-                own.frames(svma)
+                own.frames(i, svma)
             } else {
                 frames
             }
         })
-        .collect()
+        .collect();
+    (frames, parsed)
 }
 
 #[cfg(test)]
