@@ -32,7 +32,7 @@ const DEBUG_DIR: &str = "/usr/lib/debug/.build-id";
 /// Least time between two DWARF parses of one object. Parsing a large binary's DWARF costs
 /// tens to hundreds of ms; addresses that first appear in between are named from the symbol
 /// table (cheap) and get their inline frames and lines at the next parse.
-const DWARF_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const DWARF_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An object, as a key that survives its unloading: (path, load bias).
 type ObjectKey = (String, u64);
@@ -405,7 +405,7 @@ fn fallback(addr: u64, obj: Option<&LoadedObject>) -> Frames {
 /// Gives the memory freed by a DWARF parse back to the OS. Parsing allocates tens of MiB that
 /// are all freed when it ends, but glibc keeps freed memory in the (dump thread's) arena unless
 /// asked; `malloc_trim` returns every free page of every arena. Called only after a DWARF
-/// parse, which happens at most every 10 s per object; with another global allocator it
+/// parse, which happens at most once a minute per object; with another global allocator it
 /// releases little, and costs little.
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
