@@ -562,6 +562,31 @@ mod tests {
     }
 
     #[test]
+    fn debug_info_gives_file_and_line_unless_off() {
+        // Test builds carry full debug info.
+        let (objects, _) = crate::objects::loaded_objects(false);
+        let here = a_function_to_find as *const () as usize as u64 + 1;
+        let mut s = Symbolizer::new(DebugInfo::Auto);
+        let f = s.resolve(here, &objects);
+        let frame = f
+            .iter()
+            .find(|f| f.name.ends_with("a_function_to_find"))
+            .unwrap();
+        assert!(
+            frame
+                .file
+                .as_deref()
+                .is_some_and(|p| p.ends_with("symbolize.rs"))
+                && frame.line > 0,
+            "{frame:?}"
+        );
+        let mut off = Symbolizer::new(DebugInfo::Off);
+        let g = off.resolve(here, &objects);
+        assert!(g.iter().all(|f| f.file.is_none() && f.line == 0), "{g:?}");
+        assert!(g.iter().any(|f| f.name.ends_with("a_function_to_find")));
+    }
+
+    #[test]
     fn demangles_rust_and_cpp() {
         assert_eq!(
             demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
