@@ -27,6 +27,20 @@ pub struct Config {
     pub http_allow_unauthenticated: bool,
     /// Most distinct label sets kept (never used with the feature off).
     pub max_label_sets: usize,
+    /// How much debug information names are read from (never used with the feature off).
+    pub debuginfo: DebugInfo,
+}
+
+/// How much debug information symbolization reads (no effect with the feature off).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DebugInfo {
+    /// Symbol tables only.
+    Off,
+    /// Also the DWARF inside each object, and a stripped library's separate symbol table.
+    #[default]
+    Auto,
+    /// Also the DWARF of separate debug files.
+    On,
 }
 
 /// Why the profiler could not start (never happens with the feature off).
@@ -117,6 +131,10 @@ impl ProfilerBuilder {
     pub fn max_label_sets(self, _n: usize) -> Self {
         self
     }
+    /// No effect with the feature off.
+    pub fn debuginfo(self, _debuginfo: DebugInfo) -> Self {
+        self
+    }
     /// Returns an inert handle.
     pub fn start(self) -> Result<Profiler, StartError> {
         Ok(Profiler {
@@ -130,6 +148,7 @@ impl ProfilerBuilder {
                 http_token: None,
                 http_allow_unauthenticated: false,
                 max_label_sets: 1024,
+                debuginfo: DebugInfo::Auto,
             },
         })
     }

@@ -78,8 +78,8 @@ pub use threadprof_macros::profiled;
 #[cfg(feature = "enabled")]
 pub use threadprof_runtime::{
     enter, flush, labeled, live_threads, pprof, register_current_thread, run, shutdown, spawn,
-    stats, task, with_labels, Config, Profiled, Profiler, ProfilerBuilder, StartError, Stats,
-    ThreadGuard, ThreadInfo, MERGED_FILE,
+    stats, task, with_labels, Config, DebugInfo, Profiled, Profiler, ProfilerBuilder, StartError,
+    Stats, ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
 /// The address the HTTP endpoint listens on, once bound (`http` feature).
@@ -91,8 +91,8 @@ mod disabled;
 #[cfg(not(feature = "enabled"))]
 pub use disabled::{
     enter, flush, labeled, live_threads, register_current_thread, run, shutdown, spawn, stats,
-    task, with_labels, Config, Profiler, ProfilerBuilder, StartError, Stats, ThreadGuard,
-    ThreadInfo, MERGED_FILE,
+    task, with_labels, Config, DebugInfo, Profiler, ProfilerBuilder, StartError, Stats,
+    ThreadGuard, ThreadInfo, MERGED_FILE,
 };
 
 /// `tracing` spans as sample labels (`tracing` feature).

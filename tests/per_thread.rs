@@ -228,3 +228,68 @@ fn a_3_to_1_cpu_split_lands_between_2_and_4_to_1() {
         "3:1 load profiled as {ratio:.2}:1"
     );
 }
+
+/// A library loaded with `dlopen`, sampled, and unloaded before the dump: its functions are
+/// still named (from its file), not shown as bare addresses.
+#[test]
+fn a_library_unloaded_before_the_dump_keeps_its_names() {
+    dir();
+    let lib_dir = tempfile::tempdir().unwrap();
+    let src = lib_dir.path().join("plugin.c");
+    let so = lib_dir.path().join("libthreadprof_plugin.so");
+    std::fs::write(
+        &src,
+        "unsigned long plugin_spin(unsigned long n) {\n\
+           volatile unsigned long x = 7;\n\
+           for (unsigned long i = 0; i < n; i++) x = (x << 7 | x >> 57) ^ i;\n\
+           return x;\n\
+         }\n",
+    )
+    .unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status();
+    match cc {
+        Ok(s) if s.success() => {}
+        other => {
+            println!("SKIPPED: no C compiler to build the plugin ({other:?})");
+            return;
+        }
+    }
+    let path = std::ffi::CString::new(so.to_str().unwrap()).unwrap();
+    threadprof::spawn("plugin_user", move || {
+        // SAFETY: the library was just built from the source above; `plugin_spin` has the C
+        // signature declared here; the handle is closed once, after the last call.
+        unsafe {
+            let lib = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+            assert!(!lib.is_null(), "dlopen");
+            let f = libc::dlsym(lib, c"plugin_spin".as_ptr());
+            assert!(!f.is_null(), "dlsym");
+            let spin: extern "C" fn(u64) -> u64 = std::mem::transmute(f);
+            let start = thread_cpu();
+            // Long enough for the dump thread to see the library loaded (it looks every 0.1 s).
+            while thread_cpu() - start < Duration::from_millis(400) {
+                black_box(spin(black_box(100_000)));
+            }
+            assert_eq!(libc::dlclose(lib), 0);
+        }
+    })
+    .join()
+    .unwrap();
+    let p = flush_and_read("plugin_user");
+    let cpu = p.sample_type_index("cpu").unwrap();
+    let mut named = 0;
+    let mut unnamed = 0;
+    for s in &p.sample {
+        let leaf = p.stack_names(s).first().copied().unwrap_or("");
+        if leaf == "plugin_spin" {
+            named += s.value[cpu];
+        } else if leaf.starts_with("libthreadprof_plugin.so+") {
+            unnamed += s.value[cpu];
+        }
+    }
+    assert!(named > 200_000_000, "plugin_spin CPU {named} ns");
+    assert_eq!(unnamed, 0, "addresses of the unloaded library left unnamed");
+}

@@ -175,3 +175,85 @@ fn explicit_start_after_lazy_start_is_an_error_and_shutdown_is_idempotent() {
     );
     assert!(stdout.contains("AFTER SHUTDOWN ACTIVE: false"), "{stdout}");
 }
+
+#[inline(never)]
+fn footprint_work(n: u64) -> u64 {
+    let mut x = black_box(13u64);
+    for i in 0..n {
+        x = x.rotate_left(5) ^ i.wrapping_mul(3);
+    }
+    black_box(x)
+}
+
+/// RSS of this process in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Child body: a registered busy thread and a dump every 0.2 s for 3 s; prints RSS after the
+/// first dump and at the end.
+#[test]
+fn child_footprint() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let _p = threadprof::Profiler::builder()
+        .dump_interval(Duration::from_millis(200))
+        .frequency(999)
+        .start()
+        .unwrap();
+    let t = threadprof::spawn("footprint", || {
+        burn_for(Duration::from_millis(300), footprint_work);
+        threadprof::flush();
+        let first = rss_kib();
+        burn_for(Duration::from_secs(3), footprint_work);
+        threadprof::flush();
+        (first, rss_kib())
+    });
+    let (first, end) = t.join().unwrap();
+    println!("FOOTPRINT first={first} end={end}");
+    std::process::exit(0);
+}
+
+/// The test binary has full debug info (a debug build), the case where symbolization used to
+/// cost most: tens of MiB that stayed. Now only the resolved names stay.
+#[test]
+fn symbolization_memory_stays_small_and_flat() {
+    let read = |enabled: &str| -> (u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_child(
+            "child_footprint",
+            dir.path(),
+            &[("THREADPROF_ENABLED", enabled)],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("FOOTPRINT ").map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        let v = |k: &str| -> u64 {
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (v("first"), v("end"))
+    };
+    let (on_first, on_end) = read("1");
+    let (_, off_end) = read("0");
+    println!(
+        "RSS KiB: profiler on {on_first} after the first dump, {on_end} at the end; off {off_end}"
+    );
+    // Generous bounds: the build before this design grew by 60+ MiB here.
+    assert!(
+        on_end < off_end + 16 * 1024,
+        "on {on_end} KiB vs off {off_end} KiB"
+    );
+    assert!(
+        on_end < on_first + 4 * 1024,
+        "grew from {on_first} to {on_end} KiB after the first dump"
+    );
+}

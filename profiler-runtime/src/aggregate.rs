@@ -258,6 +258,14 @@ impl Aggregator {
         }
     }
 
+    /// Every frame address in these profiles (with repeats).
+    pub(crate) fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tags
+            .values()
+            .flat_map(|p| p.stacks.keys())
+            .flat_map(|key| key.frames.iter().copied())
+    }
+
     /// Samples so far per tag id.
     pub(crate) fn sample_counts(&self) -> Vec<(u32, u64)> {
         self.tags
@@ -308,9 +316,29 @@ impl Aggregator {
             .unwrap_or_default();
         let elapsed = self.started.elapsed().unwrap_or_default();
         b.time(start.as_nanos() as i64, elapsed.as_nanos() as i64);
+        // Mappings of the objects this profile has addresses in (and the main program, which
+        // readers show as the profile's binary), in load order.
+        let mut used = vec![false; objects.len()];
+        for key in self
+            .tags
+            .iter()
+            .filter(|(&tag, _)| only.is_none_or(|o| o == tag))
+            .flat_map(|(_, p)| p.stacks.keys())
+            .filter(|key| view.keeps(key.kind))
+        {
+            for addr in key.frames.iter() {
+                if let Some(i) = objects.iter().position(|o| o.text.contains(addr)) {
+                    used[i] = true;
+                }
+            }
+        }
         let mapping_ids: Vec<u64> = objects
             .iter()
-            .map(|o| {
+            .zip(&used)
+            .map(|(o, &used)| {
+                if !used && !o.is_main {
+                    return 0;
+                }
                 let m = Mapping {
                     memory_start: o.text.start,
                     memory_limit: o.text.end,
@@ -331,6 +359,16 @@ impl Aggregator {
             file: None,
             line: 0,
         }];
+        // Every address this profile needs, resolved in one pass per object file.
+        symbols.prepare(
+            self.tags
+                .iter()
+                .filter(|(&tag, _)| only.is_none_or(|o| o == tag))
+                .flat_map(|(_, p)| p.stacks.keys())
+                .filter(|key| view.keeps(key.kind))
+                .flat_map(|key| key.frames.iter().copied()),
+            objects,
+        );
         let mut dropped = 0;
         let mut label_sets: HashMap<u32, Vec<(String, String)>> = HashMap::new();
         for (&tag, profile) in &self.tags {

@@ -24,6 +24,23 @@ pub const MAX_LABEL_SETS: usize = 1 << 20;
 /// Longest accepted dump interval (one day).
 pub const MAX_DUMP_INTERVAL: Duration = Duration::from_secs(86_400);
 
+/// How much debug information symbolization reads (`THREADPROF_DEBUGINFO`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DebugInfo {
+    /// Symbol tables only: function names, no inline frames, no `file:line`.
+    Off,
+    /// Also the DWARF inside each object file (inline frames and `file:line` where the binary
+    /// has debug info), and the symbol table of a separate debug file
+    /// (`/usr/lib/debug/.build-id/..`) for an object stripped of its own, whose internal
+    /// functions would otherwise go unnamed. The default.
+    #[default]
+    Auto,
+    /// Also the DWARF of separate debug files, for every object that has one installed (inline
+    /// frames and `file:line` inside system libraries; parsing it costs time at the dump that
+    /// first needs it, and memory while it runs).
+    On,
+}
+
 /// Every environment variable the runtime reads.
 pub const ENV_VARS: &[&str] = &[
     "THREADPROF_ENABLED",
@@ -35,6 +52,7 @@ pub const ENV_VARS: &[&str] = &[
     "THREADPROF_HTTP_TOKEN",
     "THREADPROF_HTTP_ALLOW_UNAUTHENTICATED",
     "THREADPROF_MAX_LABEL_SETS",
+    "THREADPROF_DEBUGINFO",
 ];
 
 /// The prefix the variables had before the crate was named `threadprof`. Such a variable is
@@ -78,6 +96,8 @@ pub struct Config {
     /// `#[profiled(labels(..))]` or the tracing layer, and their merges). Past it, samples of
     /// a new set carry `labels=overflow` and one warning is logged. Default 1,024.
     pub max_label_sets: usize,
+    /// How much debug information symbolization reads (default [`DebugInfo::Auto`]).
+    pub debuginfo: DebugInfo,
 }
 
 impl Default for Config {
@@ -92,6 +112,7 @@ impl Default for Config {
             http_token: None,
             http_allow_unauthenticated: false,
             max_label_sets: DEFAULT_MAX_LABEL_SETS,
+            debuginfo: DebugInfo::Auto,
         }
     }
 }
@@ -108,6 +129,7 @@ pub(crate) struct Requested {
     pub http_token: Option<String>,
     pub http_allow_unauthenticated: Option<bool>,
     pub max_label_sets: Option<usize>,
+    pub debuginfo: Option<DebugInfo>,
 }
 
 /// Where a value came from, for warnings.
@@ -246,6 +268,9 @@ impl Config {
         if let Some(allow) = req.http_allow_unauthenticated {
             c.http_allow_unauthenticated = allow;
         }
+        if let Some(d) = req.debuginfo {
+            c.debuginfo = d;
+        }
         if let Some(n) = req.max_label_sets {
             c.max_label_sets = check_label_sets(Source::Builder("max_label_sets"), n);
         }
@@ -303,6 +328,15 @@ impl Config {
             c.max_label_sets = match v.trim().parse::<u64>() {
                 Ok(n) => check_label_sets(src, usize::try_from(n).unwrap_or(usize::MAX)),
                 Err(_) => fallback(src, &v, "not a whole number", DEFAULT_MAX_LABEL_SETS),
+            };
+        }
+        if let Some(v) = env("THREADPROF_DEBUGINFO") {
+            let src = Source::Env("THREADPROF_DEBUGINFO");
+            c.debuginfo = match v.trim().to_ascii_lowercase().as_str() {
+                "off" | "0" | "no" | "false" => DebugInfo::Off,
+                "auto" => DebugInfo::Auto,
+                "on" | "1" | "yes" | "true" => DebugInfo::On,
+                _ => fallback(src, &v, "expected off, auto or on", DebugInfo::Auto),
             };
         }
         // An empty variable beside a token set in code: the code's token stays in force.
@@ -405,6 +439,10 @@ mod tests {
             with_env(&[("THREADPROF_WALL_FREQUENCY", "2000")]).wall_frequency,
             0
         );
+        assert_eq!(
+            with_env(&[("THREADPROF_DEBUGINFO", "sometimes")]).debuginfo,
+            DebugInfo::Auto
+        );
         for bad in ["-1", "many", "2000000", ""] {
             let c = with_env(&[("THREADPROF_MAX_LABEL_SETS", bad)]);
             assert_eq!(c.max_label_sets, DEFAULT_MAX_LABEL_SETS, "{bad}");
@@ -419,9 +457,11 @@ mod tests {
             ("THREADPROF_FREQUENCY", "1000"),
             ("THREADPROF_WALL_FREQUENCY", "0"),
             ("THREADPROF_MAX_LABEL_SETS", "16"),
+            ("THREADPROF_DEBUGINFO", "On"),
         ]);
         assert!(!c.enabled);
         assert_eq!(c.max_label_sets, 16);
+        assert_eq!(c.debuginfo, DebugInfo::On);
         assert_eq!(c.dump_interval, Duration::from_millis(250));
         assert_eq!(c.frequency, 1000);
         assert_eq!(c.wall_frequency, 0);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::aggregate::{Aggregator, DrainStats, Names, Periods, View, Window};
 use crate::diagnostics::{error, warn};
 use crate::labels::LabelSet;
-use crate::objects;
+use crate::objects::{self, LoadedObject};
 use crate::pprof::{encode_gz, Profile};
 use crate::registry::ThreadRecord;
 use crate::runtime::Runtime;
@@ -82,6 +82,9 @@ pub(crate) struct DumpLoop {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Objects remembered for naming addresses after they are unloaded.
+const MAX_SEEN_OBJECTS: usize = 1024;
+
 /// The dump thread's state.
 struct DumpState {
     rt: &'static Runtime,
@@ -90,6 +93,11 @@ struct DumpState {
     handler_lost_reported: bool,
     periods: Periods,
     windows: std::collections::HashMap<u64, Window>,
+    /// Every object seen loaded (path, addresses, build id; no unwind data), kept after it is
+    /// unloaded so that its addresses in earlier samples are still named from its file.
+    seen_objects: Vec<LoadedObject>,
+    /// The loader's generation `seen_objects` was last updated at.
+    seen_generation: Option<objects::Generation>,
 }
 
 impl DumpLoop {
@@ -105,10 +113,12 @@ impl DumpLoop {
         let state = DumpState {
             rt,
             aggregator: Aggregator::new(periods, rt.started),
-            symbols: Symbolizer::default(),
+            symbols: Symbolizer::new(rt.config.debuginfo),
             handler_lost_reported: false,
             periods,
             windows: std::collections::HashMap::new(),
+            seen_objects: Vec::new(),
+            seen_generation: None,
         };
         let thread = std::thread::Builder::new()
             .name("threadprof-dump".into())
@@ -209,7 +219,7 @@ impl DumpState {
             Command::CloseWindow(id, view, reply) => {
                 if let Some(w) = self.windows.remove(&id) {
                     self.count_windows();
-                    let (objects, _) = objects::loaded_objects(false);
+                    let objects = self.objects_for_names();
                     let p =
                         w.aggregator
                             .to_profile(None, view, &names, &mut self.symbols, &objects);
@@ -221,7 +231,7 @@ impl DumpState {
                 self.count_windows();
             }
             Command::Cumulative(tag, reply) => {
-                let (objects, _) = objects::loaded_objects(false);
+                let objects = self.objects_for_names();
                 let p =
                     self.aggregator
                         .to_profile(tag, View::All, &names, &mut self.symbols, &objects);
@@ -256,9 +266,49 @@ impl DumpState {
         }
     }
 
+    /// Records the objects loaded now, when the loader's list changed since the last call.
+    fn note_objects(&mut self) {
+        let now = objects::generation();
+        if self.seen_generation == Some(now) {
+            return;
+        }
+        let (loaded, generation) = objects::loaded_objects(false);
+        self.seen_generation = Some(generation);
+        for o in loaded {
+            let known = self.seen_objects.iter().any(|s| {
+                s.bias == o.bias && s.text == o.text && s.path == o.path && s.build_id == o.build_id
+            });
+            if !known {
+                self.seen_objects.push(o);
+            }
+        }
+        // Bounded under dlopen/dlclose churn at changing addresses: the oldest go first.
+        if self.seen_objects.len() > MAX_SEEN_OBJECTS {
+            let excess = self.seen_objects.len() - MAX_SEEN_OBJECTS;
+            self.seen_objects.drain(..excess);
+        }
+    }
+
+    /// The objects to name addresses with: those loaded now, then those seen loaded before
+    /// (most recent first), so an address in a library unloaded since is still named.
+    fn objects_for_names(&mut self) -> Vec<LoadedObject> {
+        self.note_objects();
+        let (mut objects, _) = objects::loaded_objects(false);
+        for o in self.seen_objects.iter().rev() {
+            let loaded = objects
+                .iter()
+                .any(|c| c.bias == o.bias && c.text == o.text && c.path == o.path);
+            if !loaded {
+                objects.push(o.clone());
+            }
+        }
+        objects
+    }
+
     fn tick(&mut self, write: bool) {
         #[cfg(threadprof_sampling)]
         crate::unwind::refresh();
+        self.note_objects();
         if self.rt.sampling && !self.handler_lost_reported && !crate::sampler::still_installed() {
             self.handler_lost_reported = true;
             // Our timers would feed the other handler with signals it did not ask for.
@@ -328,7 +378,9 @@ impl DumpState {
             );
             return;
         }
-        let (objects, _) = objects::loaded_objects(false);
+        let objects = self.objects_for_names();
+        // Every address of every file, resolved in one pass per object (not once per file).
+        self.symbols.prepare(self.aggregator.addresses(), &objects);
         let names = RuntimeNames(self.rt);
         let name = |id: u32| names.tag(id);
         let mut files: Vec<(String, Option<u32>)> = tags

@@ -78,7 +78,7 @@ mod task;
 mod unwind;
 
 #[cfg(feature = "enabled")]
-pub use config::Config;
+pub use config::{Config, DebugInfo};
 #[cfg(feature = "enabled")]
 pub use dump::{__inject_dump_panic, MERGED_FILE};
 #[cfg(feature = "http")]

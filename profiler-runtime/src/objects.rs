@@ -11,6 +11,9 @@ use std::ops::Range;
 pub struct LoadedObject {
     /// Path of the file (the executable's own path for the main program).
     pub path: String,
+    /// Whether this is the main program (its file is read through `/proc/self/exe`, which
+    /// stays valid when the path is replaced or deleted).
+    pub is_main: bool,
     /// Load bias: actual address minus the address stated in the file.
     pub bias: u64,
     /// Actual addresses of the executable segments (their union).
@@ -169,6 +172,7 @@ mod imp {
         obj.text = text_start..text_end;
         // SAFETY: dlpi_name is a valid NUL-terminated string (possibly empty) for the callback.
         let name = unsafe { CStr::from_ptr(info.dlpi_name) }.to_string_lossy();
+        obj.is_main = name.is_empty();
         obj.path = if name.is_empty() {
             std::env::current_exe()
                 .map(|p| p.display().to_string())

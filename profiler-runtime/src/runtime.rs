@@ -149,6 +149,13 @@ impl ProfilerBuilder {
         self
     }
 
+    /// How much debug information symbolization reads (default [`DebugInfo::Auto`]; see
+    /// there). `THREADPROF_DEBUGINFO=off|auto|on` overrides it.
+    pub fn debuginfo(mut self, debuginfo: crate::config::DebugInfo) -> Self {
+        self.req.debuginfo = Some(debuginfo);
+        self
+    }
+
     /// Whether to profile at all (default true). When false, registration is one atomic load.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.req.enabled = Some(enabled);
