@@ -149,7 +149,7 @@ impl ProfilerBuilder {
         self
     }
 
-    /// How much debug information symbolization reads (default [`DebugInfo::Auto`]; see
+    /// How much debug information symbolization reads (default [`DebugInfo::Auto`](crate::DebugInfo::Auto); see
     /// there). `THREADPROF_DEBUGINFO=off|auto|on` overrides it.
     pub fn debuginfo(mut self, debuginfo: crate::config::DebugInfo) -> Self {
         self.req.debuginfo = Some(debuginfo);
