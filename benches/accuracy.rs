@@ -535,23 +535,31 @@ fn idle_child(n: usize, hz: u32, seconds: f64) {
         .dump_interval(Duration::from_secs(3600))
         .start()
         .expect("start");
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    // All registered, then all blocked (on the second barrier) while the process CPU is
+    // measured over `seconds`; registering and unregistering are not in the figure.
+    let registered = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let release = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
     let threads: Vec<_> = (0..n)
         .map(|i| {
-            let barrier = barrier.clone();
+            let (registered, release) = (registered.clone(), release.clone());
             std::thread::spawn(move || {
-                let _g = threadprof_runtime::enter(&format!("idle{i}"));
-                barrier.wait();
-                std::thread::sleep(Duration::from_secs_f64(seconds));
+                let _g = threadprof_runtime::enter(&format!("idle{}", i % 16));
+                registered.wait();
+                release.wait();
             })
         })
         .collect();
-    barrier.wait();
+    registered.wait();
+    // Let registration settle (first wall signals, the dump thread's first drains).
+    std::thread::sleep(Duration::from_millis(300));
     let cpu0 = process_cpu();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let cpu = process_cpu() - cpu0;
+    release.wait();
     for t in threads {
         t.join().unwrap();
     }
-    println!("IDLE cpu={}", process_cpu() - cpu0);
+    println!("IDLE cpu={cpu}");
 }
 
 /// Busy loop for task polls (never inlined, so the profile can name it).
@@ -731,6 +739,69 @@ fn tasks_table(quick: bool) {
     }
 }
 
+/// Process CPU (% of one core) of an idle child of `exe` (this bench or another build's).
+fn idle_cost(exe: &std::path::Path, n: usize, hz: u32, seconds: f64) -> Option<f64> {
+    let out = Command::new(exe)
+        .env(
+            CHILD_ENV,
+            format!("mode=idle n={n} hz={hz} seconds={seconds}"),
+        )
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cpu = text
+        .lines()
+        .find(|l| l.starts_with("IDLE"))
+        .map(|l| kv(l, "cpu"))?;
+    Some(cpu / seconds * 100.0)
+}
+
+/// Cost of registered threads that do nothing, by how many there are (issue "Scale"), side by
+/// side with another build's bench binary when `SCALE_BASELINE=<path>` is set.
+fn scale_table(quick: bool) {
+    let seconds = 5.0;
+    let reps = if quick { 1 } else { 3 };
+    let here = std::env::current_exe().unwrap();
+    let baseline = std::env::var_os("SCALE_BASELINE").map(std::path::PathBuf::from);
+    println!();
+    println!("## Scale: process CPU while N registered threads sleep for {seconds} s");
+    println!();
+    println!(
+        "% of one core, median of {reps} run(s), each in a fresh process. Baseline: {}.",
+        baseline.as_ref().map_or(
+            "not run (set SCALE_BASELINE to another build's accuracy bench binary)".to_owned(),
+            |b| b.display().to_string()
+        )
+    );
+    println!();
+    println!("| idle registered threads | wall sampling | this build | baseline |");
+    println!("|---|---|---|---|");
+    for n in [100usize, 1000, 5000] {
+        for hz in [0u32, 99] {
+            let cost = |exe: &std::path::Path| -> String {
+                let runs: Vec<f64> = (0..reps)
+                    .filter_map(|_| idle_cost(exe, n, hz, seconds))
+                    .collect();
+                if runs.is_empty() {
+                    "failed".to_owned()
+                } else {
+                    format!("{:.2}%", median(runs))
+                }
+            };
+            let base = baseline.as_deref().map_or("-".to_owned(), cost);
+            println!(
+                "| {n} | {} | {} | {base} |",
+                if hz == 0 {
+                    "off".to_owned()
+                } else {
+                    format!("{hz} Hz")
+                },
+                cost(&here)
+            );
+        }
+    }
+}
+
 fn wall_tables(quick: bool) {
     let seconds = 3.0;
     println!();
@@ -878,6 +949,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--tasks-only") {
         tasks_table(quick);
+        return;
+    }
+    if std::env::args().any(|a| a == "--scale-only") {
+        scale_table(quick);
         return;
     }
     let mut summary = Vec::new();

@@ -14,7 +14,7 @@
 //! 20,000 short-lived registered threads grew RSS by hundreds of MiB that way; a mapping is
 //! returned whole on drop, and only the pages written count as resident.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Deepest stack recorded; deeper stacks are cut at the root end and flagged truncated.
 pub const MAX_DEPTH: usize = 256;
@@ -182,6 +182,10 @@ pub struct SampleBuffer {
     dropped: AtomicU64,
     /// Timer periods committed (sum of weights, repeats excluded); written only by the producer.
     recorded: AtomicU64,
+    /// Set by every producer-side change (a record published, periods dropped) and by
+    /// [`SampleBuffer::mark_pending`]; cleared by [`SampleBuffer::take_pending`]. The consumer
+    /// visits only buffers with something new, so idle threads cost their count nothing.
+    pending: AtomicBool,
 }
 
 /// A record being written by the producer; nothing is visible until [`RecordWriter::commit`].
@@ -205,6 +209,7 @@ impl SampleBuffer {
             tail: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
+            pending: AtomicBool::new(false),
         }
     }
 
@@ -239,6 +244,19 @@ impl SampleBuffer {
         *self.tail.get_mut() = 0;
         *self.dropped.get_mut() = 0;
         *self.recorded.get_mut() = 0;
+        *self.pending.get_mut() = false;
+    }
+
+    /// Says that there is something for the consumer to look at besides records (wall
+    /// periods credited to the thread, see `idle.rs`). Release: what was written before is
+    /// visible to a consumer that sees the flag.
+    pub fn mark_pending(&self) {
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Consumer: whether anything changed since the last call (and clears the flag).
+    pub fn take_pending(&self) -> bool {
+        self.pending.swap(false, Ordering::AcqRel)
     }
 
     /// Timer periods committed so far (the sum of the records' weights).
@@ -254,6 +272,7 @@ impl SampleBuffer {
     /// Producer: counts `periods` lost because [`Self::begin`] found no room.
     pub fn count_dropped(&self, periods: u64) {
         self.dropped.fetch_add(periods, Ordering::Relaxed);
+        self.mark_pending();
     }
 
     /// Consumer: hands every complete record to `f`, oldest first, and frees their space.
@@ -359,6 +378,7 @@ impl RecordWriter<'_> {
         self.buf
             .head
             .store(self.start + HEADER_WORDS + self.depth, Ordering::Release);
+        self.buf.mark_pending();
     }
 }
 
@@ -424,6 +444,21 @@ mod tests {
         });
         assert_eq!(seen, written);
         assert!(buf.begin().is_some(), "space is reusable after a drain");
+    }
+
+    #[test]
+    fn pending_says_whether_anything_changed() {
+        let buf = SampleBuffer::new(0);
+        assert!(!buf.take_pending(), "new buffer");
+        let w = buf.begin().unwrap();
+        w.commit(ctx(1), 1, 0, SampleKind::Cpu, StackEnd::Complete);
+        assert!(buf.take_pending(), "a record");
+        assert!(!buf.take_pending(), "taken once");
+        buf.count_dropped(2);
+        assert!(buf.take_pending(), "drops");
+        buf.mark_pending();
+        assert!(buf.take_pending(), "marked");
+        assert!(!buf.take_pending());
     }
 
     #[test]

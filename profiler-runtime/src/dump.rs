@@ -322,7 +322,7 @@ impl DumpState {
         }
         let mut stats = DrainStats::default();
         self.drain_retired(&mut stats);
-        let live = self.rt.registry.live_records();
+        let live = self.rt.registry.pending_records();
         self.drain(&live, &mut stats);
         if stats.newly_dropped > 0 {
             warn(

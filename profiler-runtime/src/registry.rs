@@ -555,11 +555,13 @@ impl Registry {
         std::mem::take(&mut self.lock().retired)
     }
 
-    /// Live threads, for draining.
-    pub(crate) fn live_records(&self) -> Vec<ThreadRecord> {
+    /// Live threads whose ring has something new (records, drops or credited wall periods),
+    /// for draining: a thread that did nothing since the last drain is not visited.
+    pub(crate) fn pending_records(&self) -> Vec<ThreadRecord> {
         self.lock()
             .threads
             .values()
+            .filter(|t| t.record.slot.buffer.take_pending())
             .map(|t| t.record.clone())
             .collect()
     }

@@ -337,6 +337,8 @@ mod imp {
                     if now.saturating_sub(base) <= slack && slot.idle.credit(seen, periods) {
                         self.seen_epoch = Some(seen.epoch());
                         self.seen_cpu_ns = now;
+                        // The dump thread takes credits while draining: visit this ring.
+                        slot.buffer.mark_pending();
                         return;
                     }
                 }
