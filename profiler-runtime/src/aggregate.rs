@@ -1,4 +1,5 @@
-//! Cumulative per-tag profiles, fed by draining every thread's ring, and their pprof form.
+//! Cumulative per-tag profiles, fed by draining the threads' rings that have something new,
+//! and their pprof form.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -145,6 +146,9 @@ impl Aggregator {
         let keep_spans = self.keep_spans;
         for t in threads {
             batch.clear();
+            // Taken before anything is read: a record or credit marked after this is seen by
+            // this drain or flags the ring again for the next one.
+            t.slot.buffer.take_pending();
             // Read before the ring: credits of this epoch repeat the last record drained below
             // (`IdleCredit::take` refuses them if a handler ran in between).
             let credit = t.slot.idle.load();

@@ -247,16 +247,22 @@ impl SampleBuffer {
         *self.pending.get_mut() = false;
     }
 
-    /// Says that there is something for the consumer to look at besides records (wall
-    /// periods credited to the thread, see `idle.rs`). Release: what was written before is
-    /// visible to a consumer that sees the flag.
+    /// Says that there is something new for the consumer: a record or a drop (the producer's
+    /// methods call this), or wall periods credited to the thread (the ticker, see `idle.rs`).
+    /// Release: what was written before is visible to a consumer that takes the flag.
     pub fn mark_pending(&self) {
         self.pending.store(true, Ordering::Release);
     }
 
-    /// Consumer: whether anything changed since the last call (and clears the flag).
+    /// Consumer: whether anything changed since the last call (and clears the flag). Call it
+    /// right before draining: what was marked before is then visible to the drain.
     pub fn take_pending(&self) -> bool {
-        self.pending.swap(false, Ordering::AcqRel)
+        self.pending.swap(false, Ordering::Acquire)
+    }
+
+    /// Whether [`Self::take_pending`] would say so now (a hint: does not clear the flag).
+    pub fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Timer periods committed so far (the sum of the records' weights).
@@ -459,6 +465,38 @@ mod tests {
         buf.mark_pending();
         assert!(buf.take_pending(), "marked");
         assert!(!buf.take_pending());
+    }
+
+    #[test]
+    fn a_consumer_that_drains_only_when_pending_misses_nothing() {
+        let buf = Arc::new(SampleBuffer::new(4096));
+        let total = 100_000u64;
+        let producer = {
+            let buf = buf.clone();
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while i < total {
+                    if let Some(w) = buf.begin() {
+                        w.commit(ctx(0), 1, 0, SampleKind::Cpu, StackEnd::Complete);
+                        i += 1;
+                    }
+                }
+            })
+        };
+        let mut seen = 0u64;
+        let mut scratch = Vec::new();
+        let mut drain = |seen: &mut u64| {
+            if buf.take_pending() {
+                buf.drain(&mut scratch, |_| *seen += 1);
+            }
+        };
+        while !producer.is_finished() {
+            drain(&mut seen);
+        }
+        producer.join().unwrap();
+        drain(&mut seen);
+        assert_eq!(seen, total);
+        assert!(!buf.has_pending());
     }
 
     #[test]

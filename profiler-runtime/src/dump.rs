@@ -1,8 +1,8 @@
 //! `DumpLoop`: the background thread that drains samples and writes profile files.
 //!
-//! Every 100 ms it drains all threads' rings into the cumulative profiles; every dump interval
-//! (and on flush and shutdown) it writes `{dir}/{tag}.pb.gz` for each tag with samples and
-//! `{dir}/_merged.pb.gz`. Each file is written to a temporary file in the same directory and
+//! Every 100 ms it drains the rings that have something new into the cumulative profiles;
+//! every dump interval (and on flush and shutdown) it writes `{dir}/{tag}.pb.gz` for each tag
+//! with samples and `{dir}/_merged.pb.gz`. Each file is written to a temporary file in the same directory and
 //! renamed over the old one, so a reader sees either the previous or the new complete file.
 //! A failed write is logged and retried at the next dump; the samples stay in memory.
 

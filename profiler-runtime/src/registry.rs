@@ -561,7 +561,10 @@ impl Registry {
         self.lock()
             .threads
             .values()
-            .filter(|t| t.record.slot.buffer.take_pending())
+            // A load, not a swap: the drain takes the flag right before reading the ring, so
+            // a thread whose drain did not happen (a panic in an earlier one) stays pending;
+            // and an idle slot's cache line is only read.
+            .filter(|t| t.record.slot.buffer.has_pending())
             .map(|t| t.record.clone())
             .collect()
     }
