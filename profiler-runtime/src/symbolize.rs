@@ -165,6 +165,8 @@ fn symbols_for<'d, R: object::ReadRef<'d>>(
             continue;
         }
         let Ok(name) = sym.name() else { continue };
+        // A symbol-table name may carry its version (`clock_nanosleep@@GLIBC_2.17`).
+        let name = name.split('@').next().unwrap_or(name);
         if name.is_empty() {
             continue;
         }
