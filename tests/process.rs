@@ -5,13 +5,9 @@
 mod common;
 
 use std::hint::black_box;
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-
-const CHILD: &str = "THREADPROF_TEST_CHILD";
 
 #[inline(never)]
 fn short_lived_work(n: u64) -> u64 {
@@ -53,27 +49,6 @@ fn child_explicit_start_after_lazy_start() {
     let after = threadprof::enter("after_shutdown");
     println!("AFTER SHUTDOWN ACTIVE: {}", after.is_active());
     std::process::exit(0);
-}
-
-fn run_child(test: &str, dir: &Path, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env("THREADPROF_DIR", dir)
-        .env_remove("THREADPROF_ENABLED")
-        .env_remove("THREADPROF_FREQUENCY")
-        .env_remove("THREADPROF_DUMP_INTERVAL")
-        .env_remove("THREADPROF_WALL_FREQUENCY");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run child");
-    assert!(
-        out.status.success(),
-        "child failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 #[test]
@@ -185,13 +160,6 @@ fn footprint_work(n: u64) -> u64 {
     black_box(x)
 }
 
-/// RSS of this process in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Child body: a registered busy thread and a dump every 0.2 s for 3 s; prints RSS after the
 /// first dump and at the end.
 #[test]
@@ -228,19 +196,8 @@ fn symbolization_memory_stays_small_and_flat() {
             dir.path(),
             &[("THREADPROF_ENABLED", enabled)],
         );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout
-            .lines()
-            .find_map(|l| l.split_once("FOOTPRINT ").map(|(_, r)| r))
-            .unwrap_or_else(|| panic!("{stdout}"));
-        let v = |k: &str| -> u64 {
-            line.split(' ')
-                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        (v("first"), v("end"))
+        let v = marked_values(&String::from_utf8_lossy(&out.stdout), "FOOTPRINT ");
+        (v["first"] as u64, v["end"] as u64)
     };
     let (on_first, on_end) = read("1");
     let (_, off_end) = read("0");

@@ -142,15 +142,6 @@ fn marked_line(out: &Output, marker: &str) -> String {
         .unwrap_or_else(|| panic!("no {marker:?} line in:\n{stdout}"))
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// POSIX timers the process holds, from the kernel's own list.
 fn posix_timers() -> usize {
     std::fs::read_to_string("/proc/self/timers")

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use common::*;
 use threadprof::pprof::Profile;
-
-const CHILD: &str = "THREADPROF_TEST_CHILD";
 
 /// The tests of this binary run one at a time: the accuracy cases compare shares within 2 pp,
 /// and the other cases' busy threads competing for the 2 cores would only add noise.
@@ -511,29 +509,6 @@ fn tracing_spans_become_labels() {
 
 // ---- Child processes: frequency per process, stderr, RSS. ----
 
-fn run_child(test: &str, dir: &Path, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env("THREADPROF_DIR", dir)
-        .env("THREADPROF_DUMP_INTERVAL", "3600")
-        .env_remove("THREADPROF_ENABLED")
-        .env_remove("THREADPROF_FREQUENCY")
-        .env_remove("THREADPROF_WALL_FREQUENCY")
-        .env_remove("THREADPROF_MAX_LABEL_SETS");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run child");
-    assert!(
-        out.status.success(),
-        "child failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Wraps a future and adds the thread CPU time of each of its polls to `cpu`: the truth the
 /// profile is compared with.
 struct Measured<F> {
@@ -638,20 +613,14 @@ fn task_ratio(hz: &str, light_ms: &str) {
     let out = run_child(
         "child_task_ratio",
         dir.path(),
-        &[("THREADPROF_FREQUENCY", hz), ("LIGHT_MS", light_ms)],
+        &[
+            ("THREADPROF_FREQUENCY", hz),
+            ("LIGHT_MS", light_ms),
+            ("THREADPROF_DUMP_INTERVAL", "3600"),
+        ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("no result: {stdout}"));
-    let v: HashMap<&str, f64> = line
-        .split(' ')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k, v.parse().unwrap())
-        })
-        .collect();
+    let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
+    let line = format!("{v:?}");
     let measured = v["measured_heavy"] / (v["measured_heavy"] + v["measured_light"]);
     let profiled = v["profile_heavy"] / (v["profile_heavy"] + v["profile_light"]);
     println!("{hz} Hz: heavy share measured {measured:.4}, profiled {profiled:.4}");
@@ -684,11 +653,6 @@ fn child_label_flood() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    let rss_kib = || -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
     let dir = std::env::var("THREADPROF_DIR").unwrap();
     let merged_size = || {
         assert!(threadprof::flush());
@@ -726,22 +690,17 @@ fn child_label_flood() {
 fn a_million_distinct_label_sets_stay_bounded_and_warn_once() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let out = run_child("child_label_flood", dir.path(), &[]);
+    let out = run_child(
+        "child_label_flood",
+        dir.path(),
+        &[("THREADPROF_DUMP_INTERVAL", "3600")],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("no result: {stdout}"));
-    let v: HashMap<&str, u64> = line
-        .split(' ')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k, v.parse().unwrap())
-        })
-        .collect();
+    let v = marked_values(&stdout, "RESULT ");
+    let line = format!("{v:?}");
     println!("{line}");
-    assert_eq!(v["label_sets"], 1024, "the default bound: {line}");
+    assert_eq!(v["label_sets"], 1024.0, "the default bound: {line}");
     assert_eq!(
         stderr.matches("distinct label sets").count(),
         1,
@@ -749,11 +708,11 @@ fn a_million_distinct_label_sets_stay_bounded_and_warn_once() {
     );
     // 900,000 more sets past the bound: RSS and the dump stay where they were (generously).
     assert!(
-        v["rss_1m_kib"] < v["rss_100k_kib"] + 8 * 1024,
+        v["rss_1m_kib"] < v["rss_100k_kib"] + 8.0 * 1024.0,
         "RSS grew: {line}"
     );
     assert!(
-        v["dump_1m"] < 2 * v["dump_100k"] + 64 * 1024,
+        v["dump_1m"] < 2.0 * v["dump_100k"] + 64.0 * 1024.0,
         "dump grew: {line}"
     );
     let p = read_profile(&dir.path().join(threadprof::MERGED_FILE));
@@ -816,7 +775,10 @@ fn wall_samples_follow_the_task_and_idle_workers_wait_under_their_base_tag() {
     run_child(
         "child_wall_tasks",
         dir.path(),
-        &[("THREADPROF_WALL_FREQUENCY", "99")],
+        &[
+            ("THREADPROF_WALL_FREQUENCY", "99"),
+            ("THREADPROF_DUMP_INTERVAL", "3600"),
+        ],
     );
     let p = read_profile(&dir.path().join(threadprof::MERGED_FILE));
     let wall = p.sample_type_index("wall").expect("wall samples");

@@ -320,37 +320,20 @@ impl Aggregator {
             .unwrap_or_default();
         let elapsed = self.started.elapsed().unwrap_or_default();
         b.time(start.as_nanos() as i64, elapsed.as_nanos() as i64);
-        // Mappings of the objects this profile has addresses in (and the main program, which
-        // readers show as the profile's binary), in load order.
-        let mut used = vec![false; objects.len()];
-        for key in self
-            .tags
+        // Mappings of the objects this profile has addresses in, made at their first location;
+        // the main program's first, as readers show it as the profile's binary.
+        let mapping = |o: &LoadedObject| Mapping {
+            memory_start: o.text.start,
+            memory_limit: o.text.end,
+            file_offset: o.text_file_offset,
+            has_functions: true,
+            ..Mapping::default()
+        };
+        let mut mapping_ids: Vec<Option<u64>> = objects
             .iter()
-            .filter(|(&tag, _)| only.is_none_or(|o| o == tag))
-            .flat_map(|(_, p)| p.stacks.keys())
-            .filter(|key| view.keeps(key.kind))
-        {
-            for addr in key.frames.iter() {
-                if let Some(i) = objects.iter().position(|o| o.text.contains(addr)) {
-                    used[i] = true;
-                }
-            }
-        }
-        let mapping_ids: Vec<u64> = objects
-            .iter()
-            .zip(&used)
-            .map(|(o, &used)| {
-                if !used && !o.is_main {
-                    return 0;
-                }
-                let m = Mapping {
-                    memory_start: o.text.start,
-                    memory_limit: o.text.end,
-                    file_offset: o.text_file_offset,
-                    has_functions: true,
-                    ..Mapping::default()
-                };
-                b.mapping(m, &o.path, &o.build_id)
+            .map(|o| {
+                o.is_main
+                    .then(|| b.mapping(mapping(o), &o.path, &o.build_id))
             })
             .collect();
         let truncated_frame = [FrameInfo {
@@ -389,12 +372,15 @@ impl Aggregator {
                     .frames
                     .iter()
                     .map(|&addr| {
-                        let mapping = objects
-                            .iter()
-                            .position(|o| o.text.contains(&addr))
-                            .map_or(0, |i| mapping_ids[i]);
+                        let mapping_id = match objects.iter().position(|o| o.text.contains(&addr)) {
+                            Some(i) => *mapping_ids[i].get_or_insert_with(|| {
+                                let o = &objects[i];
+                                b.mapping(mapping(o), &o.path, &o.build_id)
+                            }),
+                            None => 0,
+                        };
                         let frames = symbols.resolve(addr, objects);
-                        b.location(mapping, addr, &frames)
+                        b.location(mapping_id, addr, &frames)
                     })
                     .collect();
                 if key.truncated {

@@ -171,9 +171,10 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
     } else {
         0
     };
+    let attributed = slot.context();
     if credited > 0 {
         match slot.buffer.begin() {
-            Some(record) => record.commit_repeat(slot.context(), credited),
+            Some(record) => record.commit_repeat(attributed, credited),
             None => slot.buffer.count_dropped(credited),
         }
     }
@@ -233,7 +234,7 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
     } else {
         StackEnd::Complete
     };
-    record.commit(slot.context(), cpu, wall, wall_kind, end);
+    record.commit(attributed, cpu, wall, wall_kind, end);
     if blocked {
         // Until this thread runs again it stays blocked on this stack: let the ticker credit
         // its next periods without waking it. The CPU time is read last, so the little the

@@ -323,6 +323,9 @@ impl Symbolizer {
         // Objects whose provisional names are due for their DWARF pass, new addresses or not.
         let now = std::time::Instant::now();
         for (i, o) in objects.iter().enumerate() {
+            if self.provisional.is_empty() {
+                break;
+            }
             let key = (o.path.clone(), o.bias);
             let due = self
                 .last_dwarf

@@ -82,3 +82,57 @@ pub fn hottest(p: &Profile, filter: &str) -> Option<String> {
         .max_by_key(|(_, v)| *v)
         .map(|(f, _)| f)
 }
+
+/// This process's resident set size in KiB (0 if unknown).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The variable that makes a test of this binary run as a child process's body.
+pub const CHILD: &str = "THREADPROF_TEST_CHILD";
+
+/// Runs test `test` of this binary as a child process, with `THREADPROF_DIR=dir`, no other
+/// `THREADPROF_*` variable of ours, and `env`; fails unless it succeeds.
+pub fn run_child(test: &str, dir: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("THREADPROF_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env(CHILD, "1").env("THREADPROF_DIR", dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run child");
+    assert!(
+        out.status.success(),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `key=value` pairs of the first line of `stdout` holding `marker` (e.g. `"RESULT "`),
+/// after the marker.
+pub fn marked_values(stdout: &str, marker: &str) -> HashMap<String, f64> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once(marker).map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no {marker:?} line in:\n{stdout}"));
+    line.split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{kv:?} in {line:?}"));
+            (k.to_owned(), v.parse().unwrap_or(f64::NAN))
+        })
+        .collect()
+}
