@@ -409,8 +409,9 @@ fn wall_mutex_wait(m: &std::sync::Mutex<u64>) -> u64 {
     *m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Three registered threads with known phases for `seconds`, profiled at `hz` (CPU and wall).
-fn wall_child(hz: u32, seconds: f64) {
+/// Three registered threads with known phases for `seconds`, profiled at `hz` (CPU and wall),
+/// among `idle` registered threads that stay blocked.
+fn wall_child(hz: u32, seconds: f64, idle: usize) {
     let dir = std::env::temp_dir().join(format!("accuracy-wall-{}", std::process::id()));
     let _p = threadprof_runtime::Profiler::builder()
         .output_dir(&dir)
@@ -420,6 +421,22 @@ fn wall_child(hz: u32, seconds: f64) {
         .start()
         .expect("start");
     let run_for = Duration::from_secs_f64(seconds);
+    let idle_release = std::sync::Arc::new(std::sync::Barrier::new(idle + 1));
+    let idle_registered = std::sync::Arc::new(std::sync::Barrier::new(idle + 1));
+    let idle_threads: Vec<_> = (0..idle)
+        .map(|i| {
+            let (registered, release) = (idle_registered.clone(), idle_release.clone());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let _g = threadprof_runtime::enter(&format!("idle{}", i % 16));
+                    registered.wait();
+                    release.wait();
+                })
+                .expect("spawn")
+        })
+        .collect();
+    idle_registered.wait();
     let (tx, rx) = std::sync::mpsc::channel::<u64>();
     let lock = std::sync::Arc::new(std::sync::Mutex::new(0u64));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -487,6 +504,10 @@ fn wall_child(hz: u32, seconds: f64) {
         .collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = (sender.join(), holder.join());
+    idle_release.wait();
+    for t in idle_threads {
+        t.join().unwrap();
+    }
     assert!(threadprof_runtime::flush());
     let bytes = std::fs::read(dir.join(threadprof_runtime::MERGED_FILE)).unwrap();
     let p = threadprof_runtime::pprof::decode_gz(&bytes).unwrap();
@@ -539,27 +560,39 @@ fn idle_child(n: usize, hz: u32, seconds: f64) {
     // measured over `seconds`; registering and unregistering are not in the figure.
     let registered = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
     let release = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let rss0 = status_kb("VmRSS:");
+    let t0 = Instant::now();
     let threads: Vec<_> = (0..n)
         .map(|i| {
             let (registered, release) = (registered.clone(), release.clone());
-            std::thread::spawn(move || {
-                let _g = threadprof_runtime::enter(&format!("idle{}", i % 16));
-                registered.wait();
-                release.wait();
-            })
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let _g = threadprof_runtime::enter(&format!("idle{}", i % 16));
+                    registered.wait();
+                    release.wait();
+                })
+                .expect("spawn")
         })
         .collect();
     registered.wait();
+    let register_s = t0.elapsed().as_secs_f64();
     // Let registration settle (first wall signals, the dump thread's first drains).
     std::thread::sleep(Duration::from_millis(300));
+    let rss = status_kb("VmRSS:");
     let cpu0 = process_cpu();
     std::thread::sleep(Duration::from_secs_f64(seconds));
     let cpu = process_cpu() - cpu0;
+    let live = threadprof_runtime::live_threads().len();
+    let t1 = Instant::now();
     release.wait();
     for t in threads {
         t.join().unwrap();
     }
-    println!("IDLE cpu={cpu}");
+    let unregister_s = t1.elapsed().as_secs_f64();
+    println!(
+        "IDLE cpu={cpu} live={live} register_s={register_s} unregister_s={unregister_s} rss_kb={rss} rss0_kb={rss0}"
+    );
 }
 
 /// Busy loop for task polls (never inlined, so the profile can name it).
@@ -739,8 +772,9 @@ fn tasks_table(quick: bool) {
     }
 }
 
-/// Process CPU (% of one core) of an idle child of `exe` (this bench or another build's).
-fn idle_cost(exe: &std::path::Path, n: usize, hz: u32, seconds: f64) -> Option<f64> {
+/// Process CPU (% of one core) of an idle child of `exe` (this bench or another build's), and
+/// its whole `IDLE` line.
+fn idle_cost(exe: &std::path::Path, n: usize, hz: u32, seconds: f64) -> Option<(f64, String)> {
     let out = Command::new(exe)
         .env(
             CHILD_ENV,
@@ -749,11 +783,8 @@ fn idle_cost(exe: &std::path::Path, n: usize, hz: u32, seconds: f64) -> Option<f
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let cpu = text
-        .lines()
-        .find(|l| l.starts_with("IDLE"))
-        .map(|l| kv(l, "cpu"))?;
-    Some(cpu / seconds * 100.0)
+    let line = text.lines().find(|l| l.starts_with("IDLE"))?;
+    Some((kv(line, "cpu") / seconds * 100.0, line.to_owned()))
 }
 
 /// Cost of registered threads that do nothing, by how many there are (issue "Scale"), side by
@@ -776,36 +807,59 @@ fn scale_table(quick: bool) {
     println!();
     println!("| idle registered threads | wall sampling | this build | baseline |");
     println!("|---|---|---|---|");
-    for n in [100usize, 1000, 5000] {
+    let mut largest = None;
+    for n in [1usize, 100, 1000, 5000, 10_000] {
         for hz in [0u32, 99] {
-            let cost = |exe: &std::path::Path| -> String {
-                let runs: Vec<f64> = (0..reps)
+            let mut cost = |exe: &std::path::Path, here: bool| -> String {
+                let runs: Vec<(f64, String)> = (0..reps)
                     .filter_map(|_| idle_cost(exe, n, hz, seconds))
                     .collect();
+                if here && n == 10_000 && hz > 0 {
+                    largest = runs.last().map(|r| r.1.clone());
+                }
                 if runs.is_empty() {
                     "failed".to_owned()
                 } else {
-                    format!("{:.2}%", median(runs))
+                    format!("{:.2}%", median(runs.iter().map(|r| r.0).collect()))
                 }
             };
-            let base = baseline.as_deref().map_or("-".to_owned(), cost);
+            let base = baseline
+                .as_deref()
+                .map_or("-".to_owned(), |b| cost(b, false));
+            let this = cost(&here, true);
             println!(
-                "| {n} | {} | {} | {base} |",
+                "| {n} | {} | {this} | {base} |",
                 if hz == 0 {
                     "off".to_owned()
                 } else {
                     format!("{hz} Hz")
                 },
-                cost(&here)
             );
         }
+    }
+    if let Some(line) = largest {
+        println!();
+        println!(
+            "10,000 registered threads (this build, 99 Hz, 64 KiB thread stacks): RSS {:.0} MiB ({:.0} MiB before they started), registered in {:.2} s, unregistered (released and joined) in {:.2} s.",
+            kv(&line, "rss_kb") / 1024.0,
+            kv(&line, "rss0_kb") / 1024.0,
+            kv(&line, "register_s"),
+            kv(&line, "unregister_s")
+        );
     }
 }
 
 fn wall_tables(quick: bool) {
+    wall_table(quick, 0);
+    wall_table(quick, 1000);
+    idle_table(quick);
+}
+
+/// The wall-mode accuracy table, with `idle` registered threads blocked beside the three.
+fn wall_table(quick: bool, idle: usize) {
     let seconds = 3.0;
     println!();
-    println!("## Wall-clock mode, 99 Hz: three threads with known phases for {seconds} s");
+    println!("## Wall-clock mode, 99 Hz: three threads with known phases for {seconds} s, among {idle} idle registered threads");
     println!();
     println!("Ground truth: time inside each phase function, measured by the thread. `error` = |profiled wall share - measured share|.");
     println!();
@@ -823,7 +877,10 @@ fn wall_tables(quick: bool) {
     let mut totals: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for _ in 0..reps {
         let out = Command::new(std::env::current_exe().unwrap())
-            .env(CHILD_ENV, format!("mode=wall hz=99 seconds={seconds}"))
+            .env(
+                CHILD_ENV,
+                format!("mode=wall hz=99 seconds={seconds} idle={idle}"),
+            )
             .output()
             .expect("wall child");
         assert!(
@@ -873,6 +930,12 @@ fn wall_tables(quick: bool) {
         );
     }
     println!("Worst per-function wall share error (median of runs): {worst:.2} pp");
+}
+
+/// Cost of wall sampling on a few idle threads.
+fn idle_table(quick: bool) {
+    let seconds = 3.0;
+    let reps = if quick { 1 } else { 3 };
     println!();
     println!("### Cost of wall sampling on idle (blocked) registered threads, 99 Hz, {seconds} s");
     println!();
@@ -911,7 +974,13 @@ fn main() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         let arg = |k: &str| kv_str(&spec, k);
         match arg("mode") {
-            "wall" => wall_child(arg("hz").parse().unwrap(), arg("seconds").parse().unwrap()),
+            "wall" => wall_child(
+                arg("hz").parse().unwrap(),
+                arg("seconds").parse().unwrap(),
+                spec.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("idle="))
+                    .map_or(0, |v| v.parse().unwrap()),
+            ),
             "tasks" => tasks_child(
                 arg("hz").parse().unwrap(),
                 arg("poll_ms").parse().unwrap(),

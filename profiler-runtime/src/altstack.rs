@@ -34,10 +34,13 @@ pub const WINDOW_BYTES: usize = 32 * 1024;
 /// Byte written over a stack before measuring how deep a handler went.
 const PAINT: u8 = 0xa5;
 
-/// A mapping: one guard page, then the handler's stack, then the read window.
+/// A mapping: one guard page, then the handler's stack, then the read window, then `extra`
+/// bytes for the owner (the slot's sample ring: one mapping per thread, not two, so that ten
+/// thousand registered threads stay well under `vm.max_map_count`).
 pub(crate) struct SignalStack {
     base: *mut u8,
     page: usize,
+    extra: usize,
 }
 
 // SAFETY: the mapping is owned by this value; the stack is used only by the signal handler of
@@ -47,14 +50,17 @@ unsafe impl Send for SignalStack {}
 unsafe impl Sync for SignalStack {}
 
 impl SignalStack {
-    /// Maps a new stack and window (not yet resident: the kernel backs pages on first touch).
-    pub(crate) fn new() -> io::Result<SignalStack> {
+    /// Maps a new stack and window, and `extra` zeroed bytes after them (rounded up to whole
+    /// pages; see [`Self::extra`]). Nothing is resident yet: the kernel backs pages on first
+    /// touch.
+    pub(crate) fn new(extra: usize) -> io::Result<SignalStack> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .ok()
             .filter(|&p| p > 0)
             .unwrap_or(4096);
-        let len = page + STACK_BYTES + WINDOW_BYTES;
+        let extra = extra.div_ceil(page) * page;
+        let len = page + STACK_BYTES + WINDOW_BYTES + extra;
         // SAFETY: an anonymous private mapping at an address the kernel picks; no existing
         // memory is affected. The result is checked below.
         let base = unsafe {
@@ -80,11 +86,22 @@ impl SignalStack {
         Ok(SignalStack {
             base: base.cast(),
             page,
+            extra,
         })
     }
 
     fn len(&self) -> usize {
-        self.page + STACK_BYTES + WINDOW_BYTES
+        self.page + STACK_BYTES + WINDOW_BYTES + self.extra
+    }
+
+    /// The extra region asked for in [`Self::new`]: page-aligned, zero-filled when mapped,
+    /// readable and writable, and valid until this value drops. Nothing here uses it.
+    pub(crate) fn extra(&self) -> (*mut u8, usize) {
+        (
+            self.base
+                .wrapping_add(self.page + STACK_BYTES + WINDOW_BYTES),
+            self.extra,
+        )
     }
 
     /// Whether `addr` lies on the usable stack.

@@ -14,7 +14,7 @@
 //! 20,000 short-lived registered threads grew RSS by hundreds of MiB that way; a mapping is
 //! returned whole on drop, and only the pages written count as resident.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Deepest stack recorded; deeper stacks are cut at the root end and flagged truncated.
 pub const MAX_DEPTH: usize = 256;
@@ -89,11 +89,21 @@ pub struct Record<'a> {
 }
 
 /// Zero-initialised words for one ring: an anonymous private mapping on Unix, a heap
-/// allocation where mapping is unavailable or fails.
+/// allocation where mapping is unavailable or fails, or memory the caller owns.
 struct RingMemory {
     ptr: std::ptr::NonNull<AtomicU64>,
     len: usize,
-    mapped: bool,
+    owner: RingOwner,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RingOwner {
+    /// Our own mapping: unmapped on drop.
+    Mapped,
+    /// A leaked boxed slice: freed on drop.
+    Boxed,
+    /// The caller's memory ([`SampleBuffer::in_memory`]): left alone.
+    Borrowed,
 }
 
 // SAFETY: the memory is owned by this value and only reached through `&[AtomicU64]`, which is
@@ -125,7 +135,7 @@ impl RingMemory {
                     return RingMemory {
                         ptr,
                         len,
-                        mapped: true,
+                        owner: RingOwner::Mapped,
                     };
                 }
             }
@@ -135,7 +145,7 @@ impl RingMemory {
         RingMemory {
             ptr,
             len,
-            mapped: false,
+            owner: RingOwner::Boxed,
         }
     }
 
@@ -149,7 +159,10 @@ impl RingMemory {
 
 impl Drop for RingMemory {
     fn drop(&mut self) {
-        if self.mapped {
+        if self.owner == RingOwner::Borrowed {
+            return;
+        }
+        if self.owner == RingOwner::Mapped {
             #[cfg(unix)]
             // SAFETY: unmaps exactly the mapping made in `new`, once; no reference into it
             // outlives `self`.
@@ -186,7 +199,24 @@ pub struct SampleBuffer {
     /// [`SampleBuffer::mark_pending`]; cleared by [`SampleBuffer::take_pending`]. The consumer
     /// visits only buffers with something new, so idle threads cost their count nothing.
     pending: AtomicBool,
+    /// This buffer's bit in [`PENDING`] ([`NO_PENDING_INDEX`]: none), set when `pending`
+    /// turns true, so the consumer finds the buffers with something new without looking at
+    /// every buffer.
+    pending_index: AtomicU32,
 }
+
+/// Words of [`PENDING`]: one bit per live registered thread, for up to 65,536 (8 KiB). A
+/// thread past that has no bit, and the registry looks at its flag at every drain.
+pub(crate) const PENDING_WORDS: usize = 1024;
+
+/// Bit `i` is set when the buffer with pending index `i` gets something new (see
+/// [`SampleBuffer::mark_pending`]): the dump thread reads these words instead of every
+/// buffer's flag, so a drain costs what changed, not how many threads are registered.
+pub(crate) static PENDING: [AtomicU64; PENDING_WORDS] =
+    [const { AtomicU64::new(0) }; PENDING_WORDS];
+
+/// No bit in [`PENDING`].
+pub(crate) const NO_PENDING_INDEX: u32 = u32::MAX;
 
 /// A record being written by the producer; nothing is visible until [`RecordWriter::commit`].
 pub struct RecordWriter<'a> {
@@ -210,7 +240,36 @@ impl SampleBuffer {
             dropped: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             pending: AtomicBool::new(false),
+            pending_index: AtomicU32::new(NO_PENDING_INDEX),
         }
+    }
+
+    /// A buffer in memory the caller provides: `words` zeroed, 8-byte aligned words at `ptr`,
+    /// with `words` a power of two of at least room for two deepest records (else `None`).
+    ///
+    /// # Safety
+    /// The memory must be valid for reads and writes, zero-filled, used by nothing else, and
+    /// outlive the buffer.
+    pub(crate) unsafe fn in_memory(ptr: *mut u8, words: usize) -> Option<SampleBuffer> {
+        let fits = words.is_power_of_two() && words >= 2 * (MAX_DEPTH + HEADER_WORDS as usize);
+        if !fits || ptr.align_offset(std::mem::align_of::<AtomicU64>()) != 0 {
+            return None;
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<AtomicU64>())?;
+        Some(SampleBuffer {
+            words: RingMemory {
+                ptr,
+                len: words,
+                owner: RingOwner::Borrowed,
+            },
+            mask: words as u64 - 1,
+            head: AtomicU64::new(0),
+            tail: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
+            pending: AtomicBool::new(false),
+            pending_index: AtomicU32::new(NO_PENDING_INDEX),
+        })
     }
 
     /// Producer: starts a record if a record of the deepest size fits; if not, the caller
@@ -251,13 +310,43 @@ impl SampleBuffer {
     /// methods call this), or wall periods credited to the thread (the ticker, see `idle.rs`).
     /// Release: what was written before is visible to a consumer that takes the flag.
     pub fn mark_pending(&self) {
-        self.pending.store(true, Ordering::Release);
+        // A read-modify-write, ordered with the consumer's in `take_pending`: either it takes
+        // this `true` (and sees what was written before), or this finds the flag cleared and
+        // sets the buffer's bit for the next drain.
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let index = self.pending_index.load(Ordering::Relaxed) as usize;
+            if let Some(word) = PENDING.get(index / 64) {
+                word.fetch_or(1 << (index % 64), Ordering::Release);
+            }
+        }
     }
 
-    /// Consumer: whether anything changed since the last call (and clears the flag). Call it
-    /// right before draining: what was marked before is then visible to the drain.
+    /// This buffer's index in [`PENDING`] ([`NO_PENDING_INDEX`]: none).
+    pub(crate) fn pending_index(&self) -> u32 {
+        self.pending_index.load(Ordering::Relaxed)
+    }
+
+    /// Sets (or, with [`NO_PENDING_INDEX`], removes) this buffer's bit in [`PENDING`]; the
+    /// registry gives each live thread's buffer a distinct index.
+    pub(crate) fn set_pending_index(&self, index: u32) {
+        self.pending_index.store(index, Ordering::Relaxed);
+        if index != NO_PENDING_INDEX && self.pending.load(Ordering::Acquire) {
+            if let Some(word) = PENDING.get(index as usize / 64) {
+                word.fetch_or(1 << (index % 64), Ordering::Release);
+            }
+        }
+    }
+
+    /// Consumer: whether anything changed since the last call (and clears the flag and the
+    /// buffer's bit). Call it right before draining: what was marked before is then visible
+    /// to the drain. The bit is cleared first: a producer that marks in between finds the
+    /// flag still set (and this call takes it), or finds it cleared and sets the bit again.
     pub fn take_pending(&self) -> bool {
-        self.pending.swap(false, Ordering::Acquire)
+        let index = self.pending_index.load(Ordering::Relaxed) as usize;
+        if let Some(word) = PENDING.get(index / 64) {
+            word.fetch_and(!(1 << (index % 64)), Ordering::AcqRel);
+        }
+        self.pending.swap(false, Ordering::AcqRel)
     }
 
     /// Whether [`Self::take_pending`] would say so now (a hint: does not clear the flag).

@@ -186,7 +186,18 @@ impl DumpState {
             }
             let due = Instant::now() >= next_dump;
             let write = due || matches!(command, Some(Command::Flush(_) | Command::Stop));
-            self.guarded("tick", |s| s.tick(write));
+            // Profiles about to be read (written, or a window opened or closed, or the
+            // cumulative view served) take every thread's credited wall periods first.
+            let every_thread = write
+                || matches!(
+                    command,
+                    Some(
+                        Command::OpenWindow(..)
+                            | Command::CloseWindow(..)
+                            | Command::Cumulative(..)
+                    )
+                );
+            self.guarded("tick", |s| s.tick(write, every_thread));
             next_drain = Instant::now() + DRAIN_EVERY;
             if due {
                 // Skip intervals missed while a dump was slow rather than bursting.
@@ -305,7 +316,10 @@ impl DumpState {
         objects
     }
 
-    fn tick(&mut self, write: bool) {
+    /// Drains the rings with something new (`every_thread`: every live thread's, so that
+    /// wall periods credited to blocked threads are all taken), then writes the files if
+    /// `write`.
+    fn tick(&mut self, write: bool, every_thread: bool) {
         #[cfg(threadprof_sampling)]
         crate::unwind::refresh();
         self.note_objects();
@@ -322,7 +336,11 @@ impl DumpState {
         }
         let mut stats = DrainStats::default();
         self.drain_retired(&mut stats);
-        let live = self.rt.registry.pending_records();
+        let live = if every_thread {
+            self.rt.registry.live_records()
+        } else {
+            self.rt.registry.pending_records()
+        };
         self.drain(&live, &mut stats);
         if stats.newly_dropped > 0 {
             warn(

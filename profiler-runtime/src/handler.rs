@@ -10,9 +10,10 @@
 //!   plain TLS load; `try_with` cannot panic.
 //! - `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` (wall samples only): listed async-signal-safe by
 //!   POSIX.
-//! - `wall_due.swap` and `IdleCredit::close`/`open`: atomic swap, compare-and-swap loop (it
-//!   retries only while another thread changes the word, lock-free) and `fetch_or` on the
-//!   slot's own words.
+//! - `idle::ticks_now` and `IdleCredit::load`/`close`/`open`/`mark_ns`/`note_woken`: atomic
+//!   loads of a static counter and the slot's own words, a compare-and-swap loop (it retries
+//!   only while another thread changes the word, lock-free), `fetch_or` on the slot's word and
+//!   on one word of a static bitmap.
 //! - `UnwinderUse::begin`/drop: two `SeqCst` atomic operations; the unwinder it yields is never
 //!   freed while a handler holds it.
 //! - framehop `iter_frames` with `MustNotAllocateDuringUnwind`: evaluates DWARF CFI with
@@ -55,8 +56,8 @@ use framehop::{FrameAddress, Unwinder as _};
 
 /// `sigev_value` of CPU-time timers.
 pub(crate) const TIMER_CPU: usize = 1;
-/// `sigev_value` of the one-shot wall timers the ticker fires; the periods themselves arrive
-/// through `ThreadSlot::wall_due`.
+/// `sigev_value` of the one-shot wall timers the ticker fires; the periods owed are read from
+/// the thread's wall account (`ThreadSlot::idle`, see idle.rs).
 pub(crate) const TIMER_WALL: usize = 2;
 
 /// The `_timer` member of the kernel's `siginfo_t` union, with the three leading ints. With
@@ -78,8 +79,8 @@ struct TimerFields {
 }
 
 /// Installed with `SA_SIGINFO | SA_RESTART | SA_ONSTACK` for SIGPROF. One run can serve both
-/// clocks: the CPU timer's expiries (from `siginfo`) and the wall periods the ticker left in
-/// `wall_due`.
+/// clocks: the CPU timer's expiries (from `siginfo`) and the wall periods owed to the thread's
+/// wall account.
 pub(crate) extern "C" fn on_sigprof(_signal: c_int, info: *mut siginfo_t, context: *mut c_void) {
     // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
     let errno = unsafe { *libc::__errno_location() };
@@ -155,28 +156,49 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
     } else {
         0
     };
-    // Whatever sent this signal, take the wall periods owed: a ticker signal that arrived
-    // while a timer signal was pending was merged into it by the kernel.
-    let wall = slot.wall_due.swap(0, Ordering::Acquire);
-    if cpu == 0 && wall == 0 {
-        return;
-    }
     // SAFETY: we are the signal handler on the slot's owning thread (see above).
     let state = unsafe { slot.handler_state() };
-    // The thread is running now: stop crediting, and record the periods credited while it was
-    // blocked, as a repeat of its previous record, ahead of this one. Without wall sampling
-    // nothing is ever credited, and CPU samples skip the compare-and-swap.
-    let credited = if slot.wall_period_ns > 0 {
-        slot.idle.close()
-    } else {
-        0
-    };
     let attributed = slot.context();
-    if credited > 0 {
-        match slot.buffer.begin() {
-            Some(record) => record.commit_repeat(attributed, credited),
-            None => slot.buffer.count_dropped(credited),
+    // Whatever sent this signal, take the wall periods owed since the thread's account was
+    // last moved (idle.rs): this sample stands for them. A ticker signal that arrived while a
+    // timer signal was pending was merged into it by the kernel; one that finds nothing owed
+    // (a CPU sample took the periods just before) does nothing.
+    let mut wall = 0;
+    if slot.wall_period_ns > 0 {
+        let now = crate::idle::ticks_now();
+        let credit = slot.idle.load();
+        if cpu == 0 && credit.count() == 0 && crate::idle::behind(credit.until(), now) == 0 {
+            return;
         }
+        // The thread is running now: stop crediting. If the credit was open, the thread was
+        // blocked where its previous record was taken, until it woke: of the periods owed, the
+        // ones its CPU time since then covers are this sample's, the others repeat that record
+        // (waiting), ahead of this one, with what the ticker credited.
+        let closed = slot.idle.close(now);
+        let mut repeat = closed.credited;
+        wall = closed.owed;
+        if closed.open {
+            slot.idle.note_woken();
+            if wall > 0 {
+                let ran = thread_cpu_ns().saturating_sub(slot.idle.mark_ns());
+                let ran_periods = ran.saturating_add(slot.wall_period_ns / 2) / slot.wall_period_ns;
+                // The period that ends now is where the thread is now.
+                let current = ran_periods.max(1).min(wall);
+                repeat += wall - current;
+                wall = current;
+            }
+        }
+        if repeat > 0 {
+            match slot.buffer.begin() {
+                Some(record) => record.commit_repeat(attributed, repeat),
+                None => slot.buffer.count_dropped(repeat),
+            }
+        }
+    } else if cpu == 0 {
+        return;
+    }
+    if cpu == 0 && wall == 0 {
+        return;
     }
     let Some(mut record) = slot.buffer.begin() else {
         slot.buffer.count_dropped(cpu + wall);

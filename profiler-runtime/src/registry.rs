@@ -61,6 +61,13 @@ struct Inner {
     tags: Vec<String>,
     tag_ids: HashMap<String, u32>,
     threads: HashMap<u64, LiveThread>,
+    /// Live threads by the pending index of their ring (`buffer::PENDING`), and the indices
+    /// free for reuse.
+    by_pending_index: Vec<Option<ThreadRecord>>,
+    free_pending_indices: Vec<u32>,
+    /// Live threads without a pending index (past `buffer::PENDING`'s capacity): their flags
+    /// are looked at every drain.
+    unindexed: HashMap<u64, ThreadRecord>,
     retired: Vec<ThreadRecord>,
     /// Slots of ended, fully drained threads, ready for the next registration: reusing one
     /// skips allocating and mapping a ring, so churning threads register faster.
@@ -481,6 +488,23 @@ impl Registry {
             } else {
                 None
             };
+            let index = match inner.free_pending_indices.pop() {
+                Some(i) => Some(i),
+                None if inner.by_pending_index.len() < crate::buffer::PENDING_WORDS * 64 => {
+                    inner.by_pending_index.push(None);
+                    Some((inner.by_pending_index.len() - 1) as u32)
+                }
+                None => None,
+            };
+            match index {
+                Some(i) => {
+                    slot.buffer.set_pending_index(i);
+                    inner.by_pending_index[i as usize] = Some(record.clone());
+                }
+                None => {
+                    inner.unindexed.insert(id, record.clone());
+                }
+            }
             inner.threads.insert(
                 id,
                 LiveThread {
@@ -537,6 +561,18 @@ impl Registry {
         inner.ended_recorded += t.record.slot.buffer.recorded();
         inner.ended_dropped += t.record.slot.buffer.dropped();
         inner.ended_cut_short += t.record.slot.cut_short.load(Ordering::Relaxed);
+        // Its final drain goes through `retired`; the bit and the index go to the next thread.
+        let buffer = &t.record.slot.buffer;
+        let index = buffer.pending_index();
+        buffer.set_pending_index(crate::buffer::NO_PENDING_INDEX);
+        if let Some(entry) = inner.by_pending_index.get_mut(index as usize) {
+            *entry = None;
+            inner.free_pending_indices.push(index);
+            if let Some(word) = crate::buffer::PENDING.get(index as usize / 64) {
+                word.fetch_and(!(1 << (index % 64)), Ordering::AcqRel);
+            }
+        }
+        inner.unindexed.remove(&id);
         crate::diagnostics::debug(format_args!(
             "unregistered thread {:?} (tid {})",
             t.record.name, t.record.tid
@@ -556,15 +592,44 @@ impl Registry {
     }
 
     /// Live threads whose ring has something new (records, drops or credited wall periods),
-    /// for draining: a thread that did nothing since the last drain is not visited.
+    /// for draining: found from the bits of `buffer::PENDING`, so a thread that did nothing
+    /// since the last drain costs nothing here.
     pub(crate) fn pending_records(&self) -> Vec<ThreadRecord> {
+        let inner = self.lock();
+        let words = inner
+            .by_pending_index
+            .len()
+            .div_ceil(64)
+            .min(crate::buffer::PENDING_WORDS);
+        let mut out = Vec::new();
+        for (w, word) in crate::buffer::PENDING[..words].iter().enumerate() {
+            // Loads, not swaps: a ring's bit is cleared by its drain (`take_pending`), right
+            // before it is read, so a thread whose drain did not happen (a panic in an earlier
+            // one) stays pending.
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let index = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(Some(record)) = inner.by_pending_index.get(index) {
+                    out.push(record.clone());
+                }
+            }
+        }
+        out.extend(
+            inner
+                .unindexed
+                .values()
+                .filter(|r| r.slot.buffer.has_pending())
+                .cloned(),
+        );
+        out
+    }
+
+    /// Every live thread.
+    pub(crate) fn live_records(&self) -> Vec<ThreadRecord> {
         self.lock()
             .threads
             .values()
-            // A load, not a swap: the drain takes the flag right before reading the ring, so
-            // a thread whose drain did not happen (a panic in an earlier one) stays pending;
-            // and an idle slot's cache line is only read.
-            .filter(|t| t.record.slot.buffer.has_pending())
             .map(|t| t.record.clone())
             .collect()
     }

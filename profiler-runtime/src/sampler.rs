@@ -59,11 +59,13 @@ mod imp {
     const AT_EXECFN: libc::c_ulong = 31;
 
     /// CPU time a thread may use after its handler opened its idle credit, and still count as
-    /// not having run, at the first tick: returning from the handler and re-entering its
-    /// system call (`sigreturn`, the restart, libc's `EINTR` loop): 2 µs median, 8 µs at most
-    /// over 110 blocked threads here (release build). Later ticks need the clock not to have
-    /// moved at all.
-    const FIRST_TICK_SLACK_NS: u64 = 50_000;
+    /// not having run: returning from the handler and re-entering its system call
+    /// (`sigreturn`, the restart, libc's `EINTR` loop): 2 µs median, 8 µs at most over 110
+    /// blocked threads here (release build). Measured from the handler's mark, not from the
+    /// ticker's previous reading: on a busy machine the thread may not have been scheduled to
+    /// finish that return when the ticker first looked, and then every later look would see
+    /// the clock move.
+    const BLOCKED_SLACK_NS: u64 = 50_000;
 
     fn current_action() -> Result<libc::sigaction, SignalError> {
         let mut old = MaybeUninit::<libc::sigaction>::zeroed();
@@ -253,13 +255,18 @@ mod imp {
         }
     }
 
-    /// Makes sure the wall periods the ticker has signalled for are recorded before the caller
-    /// reads the slot's counters: if some are still due (the signal is in flight, or its timer
-    /// was deleted with it pending), the calling thread, which owns `slot`, signals itself; a
-    /// signal a thread sends itself is handled before `tgkill` returns. Call after leaving the
-    /// ticker.
+    /// Makes sure the wall periods owed to `slot` are recorded before the caller reads the
+    /// slot's counters: if some are (the ticker's signal is in flight, or its timer was deleted
+    /// with it pending, or periods went by since the last sample), the calling thread, which
+    /// owns `slot`, signals itself; a signal a thread sends itself is handled before `tgkill`
+    /// returns. Call after leaving the ticker.
     pub fn settle_wall(slot: &ThreadSlot) {
-        if slot.wall_due.load(Ordering::Acquire) == 0 {
+        if slot.wall_period_ns == 0 {
+            return;
+        }
+        let now = crate::idle::ticks_now();
+        let credit = slot.idle.load();
+        if credit.count() == 0 && crate::idle::behind(credit.until(), now) == 0 {
             return;
         }
         if sigprof_blocked() {
@@ -267,7 +274,8 @@ mod imp {
             // the periods here instead, as a repeat of the thread's last wall stack. The
             // handler cannot run on this thread while SIGPROF is blocked, so this thread is the
             // ring's only writer now.
-            let periods = slot.wall_due.swap(0, Ordering::Acquire);
+            let closed = slot.idle.close(now);
+            let periods = closed.credited + closed.owed;
             if periods > 0 {
                 match slot.buffer.begin() {
                     Some(record) => record.commit_repeat(slot.context(), periods),
@@ -309,45 +317,64 @@ mod imp {
         ) -> libc::c_int;
     }
 
+    /// Threads the ticker looks at, per second, among those parked (blocked where their last
+    /// wall sample found them, and credited without being signalled): about 0.3% of a core at
+    /// the 1–2 µs a look costs on a 2-core VM (a CPU-clock read: the kernel looks the thread
+    /// up; the credit; cache misses on its slot). A
+    /// parked thread is looked at every `parked / (VISITS_PER_SECOND / hz)` ticks and credited
+    /// every period since; one that wakes and runs is back on the every-tick list as soon as a
+    /// sample lands on it (its handler flags it in `idle::WOKEN`).
+    const VISITS_PER_SECOND: u64 = 2_000;
+
     /// One registered thread as the ticker sees it (identified by its slot).
     struct Member {
         slot: Arc<ThreadSlot>,
-        /// The thread's one-shot wall timer; deleted when the member leaves the list.
+        /// The thread's one-shot wall timer; deleted when the member leaves the table.
         timer: Timer,
         /// The thread's CPU-time clock, readable from any thread of the process.
         clock: libc::clockid_t,
-        /// The credit epoch of the last period credited, and the thread's CPU time then.
-        seen_epoch: Option<u64>,
-        seen_cpu_ns: u64,
+        /// The credit epoch in which the ticker last signalled the thread: a handler run
+        /// changes the epoch, so until one does, the signal is still on its way.
+        fired_epoch: Option<u64>,
+        /// Whether the thread is on the parked list (else the every-tick list), and where.
+        parked: bool,
+        pos: usize,
+        /// Whether the handler can flag it as woken (its index fits `idle::WOKEN`).
+        can_park: bool,
+        /// Credited periods from which the ring is flagged for the next drain (half of what
+        /// the credit holds; profiles about to be read take every thread's credits anyway).
+        take_at: u64,
     }
 
     impl Member {
-        /// Accounts `periods` wall periods for this thread: credited if it has stayed blocked
-        /// where its last wall sample found it, else owed and signalled.
-        fn tick(&mut self, periods: u64) {
+        /// Accounts this thread's wall periods up to tick `now`: credited if it has stayed
+        /// blocked where its last wall sample found it (returns true: it may be parked), else
+        /// signalled, once per handler run, if any are owed.
+        fn visit(&mut self, now: u32) -> bool {
             let slot = &*self.slot;
             let seen = slot.idle.load();
             if seen.is_open() {
-                if let Some(now) = clock_ns(self.clock) {
-                    let (base, slack) = if self.seen_epoch == Some(seen.epoch()) {
-                        (self.seen_cpu_ns, 0)
-                    } else {
-                        (slot.idle.mark_ns(), FIRST_TICK_SLACK_NS)
-                    };
-                    if now.saturating_sub(base) <= slack && slot.idle.credit(seen, periods) {
-                        self.seen_epoch = Some(seen.epoch());
-                        self.seen_cpu_ns = now;
-                        // The dump thread takes credits while draining: visit this ring.
-                        slot.buffer.mark_pending();
-                        return;
+                let blocked = clock_ns(self.clock)
+                    .is_some_and(|cpu| cpu.saturating_sub(slot.idle.mark_ns()) <= BLOCKED_SLACK_NS);
+                if blocked {
+                    if let Some(count) = slot.idle.credit(seen, now) {
+                        if count >= self.take_at {
+                            // The dump thread takes credits when it drains this ring (and from
+                            // every thread before it writes a profile).
+                            slot.buffer.mark_pending();
+                        }
+                        return true;
                     }
                 }
             }
-            if slot.wall_due.fetch_add(periods, Ordering::Release) == 0 {
-                // The timer is live: it is deleted with this member, which leaves the list
+            let owed = crate::idle::behind(seen.until(), now) > 0 || seen.count() > 0;
+            if owed && self.fired_epoch != Some(seen.epoch()) {
+                self.fired_epoch = Some(seen.epoch());
+                // The timer is live: it is deleted with this member, which leaves the table
                 // under the lock we hold, before its thread unregisters and exits.
                 self.timer.fire_once();
             }
+            false
         }
     }
 
@@ -363,15 +390,153 @@ mod imp {
         Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
+    /// The ticker's members: a table indexed by member index (stable while the thread is a
+    /// member; the handler flags woken threads by it), and two lists of indices: threads looked
+    /// at every tick, and parked threads looked at round robin within the budget.
     #[derive(Default)]
     struct Members {
-        list: Vec<Member>,
+        table: Vec<Option<Member>>,
+        free: Vec<u32>,
+        every_tick: Vec<u32>,
+        parked: Vec<u32>,
+        /// Next position in `parked` for the round robin.
+        cursor: usize,
         started: bool,
         stopped: bool,
     }
 
+    impl Members {
+        fn member(&mut self, index: u32) -> Option<&mut Member> {
+            self.table.get_mut(index as usize).and_then(Option::as_mut)
+        }
+
+        fn list(&mut self, parked: bool) -> &mut Vec<u32> {
+            if parked {
+                &mut self.parked
+            } else {
+                &mut self.every_tick
+            }
+        }
+
+        fn push(&mut self, index: u32, parked: bool) {
+            let list = self.list(parked);
+            list.push(index);
+            let pos = list.len() - 1;
+            if let Some(m) = self.member(index) {
+                m.parked = parked;
+                m.pos = pos;
+            }
+        }
+
+        /// Takes the member at `pos` of a list out of it (the last one moves into its place).
+        fn remove_at(&mut self, parked: bool, pos: usize) {
+            let list = self.list(parked);
+            if pos >= list.len() {
+                return;
+            }
+            list.swap_remove(pos);
+            if let Some(&moved) = list.get(pos) {
+                if let Some(m) = self.member(moved) {
+                    m.pos = pos;
+                }
+            }
+        }
+
+        fn insert(&mut self, mut member: Member) -> u32 {
+            let index = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.table.push(None);
+                    (self.table.len() - 1) as u32
+                }
+            };
+            member.can_park = (index as usize) < crate::idle::WOKEN_WORDS * 64;
+            member.slot.idle.set_member(if member.can_park {
+                index
+            } else {
+                crate::idle::NO_MEMBER
+            });
+            self.table[index as usize] = Some(member);
+            self.push(index, false);
+            index
+        }
+
+        fn remove(&mut self, index: u32) {
+            let Some(m) = self.member(index) else { return };
+            let (parked, pos) = (m.parked, m.pos);
+            m.slot.idle.set_member(crate::idle::NO_MEMBER);
+            self.remove_at(parked, pos);
+            self.table[index as usize] = None;
+            self.free.push(index);
+        }
+
+        fn clear(&mut self) {
+            self.table.clear();
+            self.free.clear();
+            self.every_tick.clear();
+            self.parked.clear();
+        }
+
+        fn is_empty(&self) -> bool {
+            self.every_tick.is_empty() && self.parked.is_empty()
+        }
+
+        /// Accounts tick `now`: threads flagged as woken go back to the every-tick list; every
+        /// thread on it is looked at (and parked if credited); then up to `budget` parked
+        /// threads, round robin.
+        fn tick(&mut self, now: u32, budget: usize) {
+            let words = self.table.len().div_ceil(64).min(crate::idle::WOKEN_WORDS);
+            for (w, word) in crate::idle::WOKEN[..words].iter().enumerate() {
+                if word.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
+                let mut bits = word.swap(0, Ordering::Acquire);
+                while bits != 0 {
+                    let index = (w * 64) as u32 + bits.trailing_zeros();
+                    bits &= bits - 1;
+                    if let Some(&mut Member {
+                        parked: true, pos, ..
+                    }) = self.member(index)
+                    {
+                        self.remove_at(true, pos);
+                        self.push(index, false);
+                    }
+                }
+            }
+            let mut i = 0;
+            while let Some(&index) = self.every_tick.get(i) {
+                let park = match self.member(index) {
+                    Some(m) => m.visit(now) && m.can_park,
+                    None => false,
+                };
+                if park {
+                    self.remove_at(false, i);
+                    self.push(index, true);
+                } else {
+                    i += 1;
+                }
+            }
+            for _ in 0..budget.min(self.parked.len()) {
+                if self.cursor >= self.parked.len() {
+                    self.cursor = 0;
+                }
+                let index = self.parked[self.cursor];
+                let still = self.member(index).is_some_and(|m| m.visit(now));
+                if still {
+                    self.cursor += 1;
+                } else {
+                    let pos = self.cursor;
+                    self.remove_at(true, pos);
+                    self.push(index, false);
+                }
+            }
+        }
+    }
+
     struct TickerShared {
         period: Duration,
+        /// Parked threads looked at per tick.
+        budget: usize,
         members: Mutex<Members>,
         wake: Condvar,
     }
@@ -391,9 +556,11 @@ mod imp {
     impl WallTicker {
         /// A ticker at `hz` (> 0); its thread starts with the first member.
         pub fn new(hz: u32) -> WallTicker {
+            let hz = u64::from(hz.max(1));
             WallTicker {
                 shared: Arc::new(TickerShared {
-                    period: Duration::from_nanos(1_000_000_000 / u64::from(hz.max(1))),
+                    period: Duration::from_nanos(1_000_000_000 / hz),
+                    budget: (VISITS_PER_SECOND / hz).max(1) as usize,
                     members: Mutex::new(Members::default()),
                     wake: Condvar::new(),
                 }),
@@ -420,17 +587,20 @@ mod imp {
                     .spawn(move || run(&shared))?;
                 m.started = true;
             }
-            m.list.push(Member {
+            let index = m.insert(Member {
                 slot: slot.clone(),
                 timer,
                 clock,
-                seen_epoch: None,
-                seen_cpu_ns: 0,
+                fired_epoch: None,
+                parked: false,
+                pos: 0,
+                can_park: false,
+                take_at: crate::idle::CREDIT_CAPACITY / 2,
             });
             self.shared.wake.notify_one();
             Ok(WallMembership {
                 shared: self.shared.clone(),
-                slot: Arc::as_ptr(slot) as usize,
+                index,
             })
         }
 
@@ -438,38 +608,33 @@ mod imp {
         pub fn stop(&self) {
             let mut m = self.shared.lock();
             m.stopped = true;
-            m.list.clear();
+            m.clear();
             self.shared.wake.notify_one();
         }
     }
 
-    /// A thread's place in the ticker's list; dropping it removes the thread (under the
+    /// A thread's place in the ticker's table; dropping it removes the thread (under the
     /// ticker's lock, so no tick is sent to it afterwards).
     struct WallMembership {
         shared: Arc<TickerShared>,
-        /// Address of the member's slot: unique among members, since each holds its slot alive.
-        slot: usize,
+        index: u32,
     }
 
     impl Drop for WallMembership {
         fn drop(&mut self) {
-            let slot = self.slot;
-            self.shared
-                .lock()
-                .list
-                .retain(|m| Arc::as_ptr(&m.slot) as usize != slot);
+            self.shared.lock().remove(self.index);
         }
     }
 
-    /// The ticker thread: sleeps to each absolute deadline, then accounts one period (more if
-    /// it woke late) for every member.
+    /// The ticker thread: sleeps to each absolute deadline, advances the tick count by one
+    /// period (more if it woke late), then accounts the tick for its members.
     fn run(shared: &TickerShared) {
         let period = shared.period;
         let mut next = Instant::now() + period;
         loop {
             {
                 let mut m = shared.lock();
-                while m.list.is_empty() && !m.stopped {
+                while m.is_empty() && !m.stopped {
                     m = shared.wake.wait(m).unwrap_or_else(|e| e.into_inner());
                     next = Instant::now() + period;
                 }
@@ -484,10 +649,8 @@ mod imp {
             let late = Instant::now().saturating_duration_since(next);
             let missed = (late.as_nanos() / period.as_nanos().max(1)) as u32;
             next += period * (missed + 1);
-            let periods = 1 + u64::from(missed);
-            for member in shared.lock().list.iter_mut() {
-                member.tick(periods);
-            }
+            let tick = crate::idle::advance_ticks(1 + u64::from(missed));
+            shared.lock().tick(tick, shared.budget);
         }
     }
 

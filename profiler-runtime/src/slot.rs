@@ -34,6 +34,8 @@ pub(crate) struct HandlerState {
 
 /// One registered thread's sampling state.
 pub struct ThreadSlot {
+    /// The sample ring. Declared (so dropped) before `signal_stack`, whose mapping may hold
+    /// its memory.
     pub(crate) buffer: SampleBuffer,
     /// Tag id (low 32 bits) and label-set id (high 32 bits) in force, in one word so that the
     /// handler never sees one without the other. Written only by the owning thread (nested
@@ -58,10 +60,8 @@ pub struct ThreadSlot {
     pub(crate) signal_stack: Option<crate::altstack::SignalStack>,
     /// Wall-clock sampling period in ns (0 when wall sampling is off).
     pub(crate) wall_period_ns: u64,
-    /// Wall periods the ticker has signalled for and the handler has not yet taken; the ticker
-    /// signals only when this was 0, so a thread has at most one wall signal outstanding.
-    pub(crate) wall_due: AtomicU64,
-    /// Wall periods credited while the thread stays blocked (see `idle.rs`).
+    /// The thread's wall account: the tick up to which its periods are recorded, and the
+    /// periods credited while it stays blocked (see `idle.rs`).
     pub(crate) idle: IdleCredit,
     handler: UnsafeCell<HandlerState>,
 }
@@ -81,8 +81,9 @@ impl ThreadSlot {
         wall_period_ns: u64,
         thread_cpu_ns: u64,
     ) -> ThreadSlot {
+        let ring_bytes = BUFFER_WORDS * std::mem::size_of::<u64>();
         #[cfg(threadprof_sampling)]
-        let signal_stack = match crate::altstack::SignalStack::new() {
+        let signal_stack = match crate::altstack::SignalStack::new(ring_bytes) {
             Ok(s) => Some(s),
             Err(e) => {
                 crate::diagnostics::warn(
@@ -95,6 +96,21 @@ impl ThreadSlot {
                 None
             }
         };
+        // The ring lives in the signal stack's mapping when there is one (one mapping per
+        // thread instead of two); `buffer` is declared before `signal_stack`, so it is dropped
+        // first.
+        #[cfg(threadprof_sampling)]
+        let buffer = signal_stack.as_ref().and_then(|stack| {
+            let (ptr, len) = stack.extra();
+            // SAFETY: the extra region of a fresh mapping: zero-filled, read-write, used by
+            // nothing else, and unmapped only when `signal_stack` drops, after `buffer`.
+            (len >= ring_bytes)
+                .then(|| unsafe { SampleBuffer::in_memory(ptr, BUFFER_WORDS) })
+                .flatten()
+        });
+        #[cfg(not(threadprof_sampling))]
+        let buffer: Option<SampleBuffer> = None;
+        let buffer = buffer.unwrap_or_else(|| SampleBuffer::new(BUFFER_WORDS));
         // framehop builds the cache by value: on a fresh signal stack, not the caller's.
         #[cfg(threadprof_sampling)]
         let unwind_cache: Box<crate::unwind::Cache> = match &signal_stack {
@@ -104,7 +120,7 @@ impl ThreadSlot {
             None => Box::default(),
         };
         ThreadSlot {
-            buffer: SampleBuffer::new(BUFFER_WORDS),
+            buffer,
             context: AtomicU64::new(u64::from(tag)),
             span: AtomicU64::new(0),
             stack_top: AtomicU64::new(stack.1),
@@ -114,8 +130,7 @@ impl ThreadSlot {
             #[cfg(threadprof_sampling)]
             signal_stack,
             wall_period_ns,
-            wall_due: AtomicU64::new(0),
-            idle: IdleCredit::default(),
+            idle: IdleCredit::new(crate::idle::ticks_now()),
             handler: UnsafeCell::new(HandlerState {
                 #[cfg(threadprof_sampling)]
                 unwind_cache,
@@ -135,8 +150,7 @@ impl ThreadSlot {
         *self.stack_top.get_mut() = stack.1;
         *self.stack_lo.get_mut() = stack.0;
         *self.cut_short.get_mut() = 0;
-        *self.wall_due.get_mut() = 0;
-        self.idle.reset();
+        self.idle.reset(crate::idle::ticks_now());
         let state = self.handler.get_mut();
         state.last_wall_cpu_ns = thread_cpu_ns;
         state.last_wall_blocked = false;
