@@ -13,11 +13,11 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use labels::LabelMatch;
-use load::{read, read_path, stacks, Selection, Stacks};
+use load::{read, read_path, read_single, stacks, Kind, Loaded, Selection, Stacks};
 use threadprof_runtime::pprof::Profile;
 
 /// Read the per-thread profiles written by the `threadprof` crate.
@@ -28,26 +28,52 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum, Default)]
+/// The values `--type` names: the sample types of CPU dumps and of heap dumps (Go's names).
+#[derive(Clone, Copy, ValueEnum)]
 enum SampleType {
-    /// CPU time (where threads burn CPU).
-    #[default]
+    /// CPU time (where threads burn CPU); CPU dumps.
     Cpu,
-    /// Wall-clock time (where threads wait, too); needs wall sampling.
+    /// Wall-clock time (where threads wait, too); CPU dumps, with wall sampling.
     Wall,
-    /// Sample counts.
+    /// Sample counts; CPU dumps.
     Samples,
+    /// Objects allocated since the start, freed or not; heap dumps.
+    #[value(name = "alloc_objects")]
+    AllocObjects,
+    /// Bytes allocated since the start, freed or not; heap dumps.
+    #[value(name = "alloc_space")]
+    AllocSpace,
+    /// Objects allocated and not yet freed; heap dumps.
+    #[value(name = "inuse_objects")]
+    InuseObjects,
+    /// Bytes allocated and not yet freed (what leaks grow); heap dumps.
+    #[value(name = "inuse_space")]
+    InuseSpace,
 }
 
 impl SampleType {
+    /// The sample type's name in the profile.
     fn name(self) -> &'static str {
         match self {
             SampleType::Cpu => "cpu",
             SampleType::Wall => "wall",
             SampleType::Samples => "samples",
+            SampleType::AllocObjects => "alloc_objects",
+            SampleType::AllocSpace => "alloc_space",
+            SampleType::InuseObjects => "inuse_objects",
+            SampleType::InuseSpace => "inuse_space",
         }
     }
+
+    /// The kind of dump that has this sample type.
+    fn kind(self) -> Kind {
+        Kind::of_sample_type(self.name())
+    }
 }
+
+/// The sample type shown, if the profile has it, when neither `--type` nor the profile's
+/// `default_sample_type` names one it has.
+const FALLBACK_SAMPLE_TYPE: &str = "cpu";
 
 #[derive(Args, Clone)]
 struct Filter {
@@ -63,24 +89,60 @@ struct Filter {
     /// Numeric labels (`thread_id`) compare as decimal text.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<LabelMatch>,
-    /// Which value to show.
-    #[arg(long = "type", value_enum, default_value_t)]
-    sample_type: SampleType,
+    /// Which value to show [default: the profile's default sample type: cpu for CPU dumps,
+    /// inuse_space for heap dumps].
+    ///
+    /// Without `--type`: the type the profile's `default_sample_type` names, else `cpu`, else
+    /// (as `go tool pprof`) its last type, which is `inuse_space` in Go's heap profiles.
+    ///
+    /// A heap type on a dump directory reads its heap dumps (`*.heap.pb.gz`); another type, or
+    /// none, its CPU dumps (the heap dumps when it has no others).
+    #[arg(long = "type", value_enum)]
+    sample_type: Option<SampleType>,
 }
 
 impl Filter {
-    fn selection(&self) -> Selection {
+    /// The kind of dump `--type` asks for, if it was given.
+    fn kind(&self) -> Option<Kind> {
+        self.sample_type.map(SampleType::kind)
+    }
+
+    /// The sample type to show for `p`: `--type`; else the profile's `default_sample_type` if
+    /// the profile has that type; else `cpu` if it has that; else its last type, as
+    /// `go tool pprof` chooses (Go's heap profiles name no default: `inuse_space` is last).
+    /// A profile without any type gets `cpu`, which `stacks` then reports as missing.
+    fn type_for(&self, p: &Profile) -> String {
+        if let Some(t) = self.sample_type {
+            return t.name().to_owned();
+        }
+        let has = |t: &str| !t.is_empty() && p.sample_type_index(t).is_some();
+        let default = p.string(p.default_sample_type);
+        let last = p.sample_type.last().map(|t| p.string(t.r#type));
+        [Some(default), Some(FALLBACK_SAMPLE_TYPE), last]
+            .into_iter()
+            .flatten()
+            .find(|t| has(t))
+            .unwrap_or(FALLBACK_SAMPLE_TYPE)
+            .to_owned()
+    }
+
+    fn selection(&self, sample_type: &str) -> Selection {
         Selection {
-            sample_type: self.sample_type.name().to_owned(),
+            sample_type: sample_type.to_owned(),
             thread: self.thread.clone(),
             tag: self.tag.clone(),
         }
     }
 
-    /// The selected value of `profile`'s samples that pass every filter, by stack.
-    fn stacks(&self, mut profile: Profile) -> Result<Stacks> {
+    /// The sample type shown for `loaded` and the value of its samples that pass every filter,
+    /// by stack. A sample type the profile lacks is an error naming the file.
+    fn stacks(&self, loaded: Loaded) -> Result<(String, Stacks)> {
+        let Loaded { path, mut profile } = loaded;
+        let sample_type = self.type_for(&profile);
         labels::retain_matching(&mut profile, &self.labels);
-        Ok(stacks(&profile, &self.selection())?)
+        let s = stacks(&profile, &self.selection(&sample_type))
+            .with_context(|| path.display().to_string())?;
+        Ok((sample_type, s))
     }
 }
 
@@ -92,7 +154,8 @@ enum Sort {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One row per dump in DIR: tag, samples, CPU and wall time, threads, span, age, drops.
+    /// One row per dump in DIR: tag, samples, CPU and wall time, threads, span, age, drops;
+    /// then heap dumps: tag, in-use and allocated bytes, threads, span, age, drops.
     Ls { dir: PathBuf },
     /// The hottest functions (like `go tool pprof -top`); PATH is a file or a dump directory.
     Top {
@@ -123,13 +186,19 @@ enum Command {
         #[command(flatten)]
         filter: Filter,
     },
-    /// Collapsed stacks (`root;...;leaf VALUE`, time in µs) for any flame graph tool.
+    /// Collapsed stacks (`root;...;leaf VALUE`, time in µs, bytes and counts as they are) for
+    /// any flame graph tool.
     Folded {
         path: PathBuf,
         #[command(flatten)]
         filter: Filter,
     },
-    /// Per-function change of flat and cum share between two profiles.
+    /// Per-function change between two profiles: share of each one's total, and value
+    /// (e.g. the bytes a function's in-use memory grew by).
+    ///
+    /// Heap types are ordered by the change in flat value (the functions whose own memory grew
+    /// or shrank most first), as `go tool pprof -diff_base -top`; CPU types by the change in
+    /// share, since CPU dumps cover different spans.
     Diff {
         base: PathBuf,
         new: PathBuf,
@@ -138,7 +207,7 @@ enum Command {
         #[command(flatten)]
         filter: Filter,
     },
-    /// Merge profiles into one file, labels kept.
+    /// Merge profiles of one kind (CPU or heap) into one file, sample types and labels kept.
     Merge {
         #[arg(required = true, num_args = 1..)]
         inputs: Vec<PathBuf>,
@@ -148,26 +217,21 @@ enum Command {
     },
 }
 
-/// One profile for commands that draw a single picture: a file, or a directory's merged file.
-fn single(path: &Path) -> Result<load::Loaded> {
-    if path.is_dir() {
-        read(&path.join(load::MERGED))
-    } else {
-        read(path)
-    }
-}
-
 /// `top --by KEY`'s sections for one profile, in print order, and the values' unit.
 fn top_sections(
+    path: &Path,
     mut profile: Profile,
+    sample_type: &str,
     filter: &Filter,
     key: &str,
 ) -> Result<(String, Vec<report::Section>)> {
     labels::retain_matching(&mut profile, &filter.labels);
-    let sel = filter.selection();
+    let sel = filter.selection(sample_type);
     let groups = labels::take_groups(&mut profile, key);
     // The profile has no samples now: this only checks the sample type and reads its unit.
-    let unit = stacks(&profile, &sel)?.unit;
+    let unit = stacks(&profile, &sel)
+        .with_context(|| path.display().to_string())?
+        .unit;
     let mut sections = Vec::new();
     for group in groups {
         profile.sample = group.samples;
@@ -209,18 +273,23 @@ fn run(cli: Cli) -> Result<()> {
             filter,
         } => {
             let by_cum = matches!(sort, Sort::Cum);
-            for (i, loaded) in read_path(&path)?.into_iter().enumerate() {
+            for (i, loaded) in read_path(&path, filter.kind())?.into_iter().enumerate() {
                 if i > 0 {
                     writeln!(out)?;
                 }
-                let title = format!("{} ({})", loaded.name(), filter.sample_type.name());
+                let name = loaded.name();
                 match &by {
                     None => {
-                        let s = filter.stacks(loaded.profile)?;
+                        let (sample_type, s) = filter.stacks(loaded)?;
+                        let title = format!("{name} ({sample_type})");
                         report::top(&mut out, &title, &s, n, by_cum)?;
                     }
                     Some(key) => {
-                        let (unit, sections) = top_sections(loaded.profile, &filter, key)?;
+                        let Loaded { path, profile } = loaded;
+                        let sample_type = filter.type_for(&profile);
+                        let (unit, sections) =
+                            top_sections(&path, profile, &sample_type, &filter, key)?;
+                        let title = format!("{name} ({sample_type})");
                         report::top_by(&mut out, &title, key, &unit, &sections, n, by_cum)?;
                     }
                 }
@@ -231,17 +300,18 @@ fn run(cli: Cli) -> Result<()> {
             output,
             filter,
         } => {
-            let loaded = single(&path)?;
-            let title = format!("{} ({})", loaded.name(), filter.sample_type.name());
-            let s = filter.stacks(loaded.profile)?;
+            let loaded = read_single(&path, filter.kind())?;
+            let name = loaded.name();
+            let (sample_type, s) = filter.stacks(loaded)?;
+            let title = format!("{name} ({sample_type})");
             let mut svg = Vec::new();
             report::flamegraph(&mut svg, &title, &s)?;
             std::fs::write(&output, svg)
                 .with_context(|| format!("cannot write {}", output.display()))?;
         }
         Command::Folded { path, filter } => {
-            let loaded = single(&path)?;
-            for line in report::folded_lines(&filter.stacks(loaded.profile)?) {
+            let (_, s) = filter.stacks(read_single(&path, filter.kind())?)?;
+            for line in report::folded_lines(&s) {
                 writeln!(out, "{line}")?;
             }
         }
@@ -251,13 +321,24 @@ fn run(cli: Cli) -> Result<()> {
             n,
             filter,
         } => {
-            let b = filter.stacks(single(&base)?.profile)?;
-            let nw = filter.stacks(single(&new)?.profile)?;
-            report::diff(&mut out, &b, &nw, n)?;
+            let (base_type, b) = filter.stacks(read_single(&base, filter.kind())?)?;
+            let (new_type, nw) = filter.stacks(read_single(&new, filter.kind())?)?;
+            if base_type != new_type {
+                bail!(
+                    "{} shows {base_type} and {} shows {new_type} by default; \
+                     choose one with --type",
+                    base.display(),
+                    new.display()
+                );
+            }
+            let order = match Kind::of_sample_type(&new_type) {
+                Kind::Heap => report::DiffOrder::Value,
+                Kind::Cpu => report::DiffOrder::Share,
+            };
+            report::diff(&mut out, &b, &nw, n, order)?;
         }
         Command::Merge { inputs, output } => {
-            let profiles: Result<Vec<_>> =
-                inputs.iter().map(|p| read(p).map(|l| l.profile)).collect();
+            let profiles: Result<Vec<_>> = inputs.iter().map(|p| read(p)).collect();
             let merged = merge::merge(&profiles?)?;
             let bytes = threadprof_runtime::pprof::encode_gz(&merged)?;
             std::fs::write(&output, bytes)

@@ -3,53 +3,83 @@
 use anyhow::{bail, Result};
 use threadprof_runtime::pprof::{FrameInfo, Mapping, Profile, ProfileBuilder};
 
-/// Merges profiles with the same sample types. Each input keeps its own mappings, so equal
+use crate::load::{Kind, Loaded};
+
+/// The `(type, unit)` pairs of a profile's sample types, in order.
+fn sample_types(p: &Profile) -> Vec<(String, String)> {
+    p.sample_type
+        .iter()
+        .map(|t| (p.string(t.r#type).to_owned(), p.string(t.unit).to_owned()))
+        .collect()
+}
+
+/// `alloc_objects/count, alloc_space/bytes, ...`, for messages.
+fn list(types: &[(String, String)]) -> String {
+    let names: Vec<String> = types.iter().map(|(t, u)| format!("{t}/{u}")).collect();
+    names.join(", ")
+}
+
+/// Merges profiles with the same sample types (in the same order), which it keeps, with the
+/// first one's default sample type and period. Each input keeps its own mappings, so equal
 /// addresses from different processes are never confused.
-pub fn merge(inputs: &[Profile]) -> Result<Profile> {
+pub fn merge(inputs: &[Loaded]) -> Result<Profile> {
     let Some(first) = inputs.first() else {
         bail!("nothing to merge")
     };
-    let types: Vec<(String, String)> = first
-        .sample_type
-        .iter()
-        .map(|t| {
-            (
-                first.string(t.r#type).to_owned(),
-                first.string(t.unit).to_owned(),
-            )
-        })
-        .collect();
-    for p in &inputs[1..] {
-        let other: Vec<(String, String)> = p
-            .sample_type
-            .iter()
-            .map(|t| (p.string(t.r#type).to_owned(), p.string(t.unit).to_owned()))
-            .collect();
-        if other != types {
-            bail!("cannot merge profiles with different sample types: {types:?} and {other:?}");
+    let types = sample_types(&first.profile);
+    for other in &inputs[1..] {
+        let other_types = sample_types(&other.profile);
+        if other_types == types {
+            continue;
         }
+        let (a, b) = (&first.path, &other.path);
+        let (ka, kb) = (
+            Kind::of_profile(&first.profile),
+            Kind::of_profile(&other.profile),
+        );
+        if ka != kb {
+            bail!(
+                "cannot merge a {} profile with a {} profile: {} has {}; {} has {} \
+                 (merge heap dumps and CPU dumps separately)",
+                ka.name(),
+                kb.name(),
+                a.display(),
+                list(&types),
+                b.display(),
+                list(&other_types)
+            );
+        }
+        bail!(
+            "cannot merge profiles with different sample types: {} has {}; {} has {}",
+            a.display(),
+            list(&types),
+            b.display(),
+            list(&other_types)
+        );
     }
+    let first = &first.profile;
     let refs: Vec<(&str, &str)> = types
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
+    // No default in, none out (an index past the types sets none): readers then choose theirs.
     let default = first
         .sample_type
         .iter()
         .position(|t| t.r#type == first.default_sample_type)
-        .unwrap_or(0);
+        .unwrap_or(types.len());
     let mut b = ProfileBuilder::new(&refs, default);
     if let Some(pt) = first.period_type {
         b.period(first.string(pt.r#type), first.string(pt.unit), first.period);
     }
-    let start = inputs.iter().map(|p| p.time_nanos).min().unwrap_or(0);
-    let end = inputs
-        .iter()
+    let profiles = || inputs.iter().map(|l| &l.profile);
+    let start = profiles().map(|p| p.time_nanos).min().unwrap_or(0);
+    let end = profiles()
         .map(|p| p.time_nanos + p.duration_nanos)
         .max()
         .unwrap_or(0);
     b.time(start, end - start);
-    for p in inputs {
+    for p in profiles() {
         let mappings: std::collections::HashMap<u64, u64> = p
             .mapping
             .iter()

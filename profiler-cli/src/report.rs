@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 
-use crate::load::{human, Loaded, Stacks};
+use crate::load::{human, Kind, Loaded, Stacks};
 
 /// Flat and cum values per function. Cum counts a function once per stack, so recursion does
 /// not inflate it.
@@ -134,60 +134,121 @@ pub fn flamegraph(out: &mut dyn Write, title: &str, stacks: &Stacks) -> Result<(
     Ok(())
 }
 
-/// `threadprof diff`: change in flat and cum share per function, largest first.
-pub fn diff(out: &mut dyn Write, base: &Stacks, new: &Stacks, n: usize) -> Result<()> {
+/// A change for people: `+` before growth, then the value in its unit.
+fn signed(v: i64, unit: &str) -> String {
+    let sign = if v > 0 { "+" } else { "" };
+    format!("{sign}{}", human(v, unit))
+}
+
+/// A change in percentage points as printed (hundredths), so that sorting sees the same ties
+/// a reader does.
+fn pp_key(change: f64) -> u64 {
+    (change.abs() * 100.0).round() as u64
+}
+
+/// One function's row of `threadprof diff`: flat and cum values in base and new.
+struct DiffRow<'a> {
+    name: &'a str,
+    base: (i64, i64),
+    new: (i64, i64),
+}
+
+/// How `threadprof diff` orders its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffOrder {
+    /// The largest change of share (flat or cum) first; among equal ones, the larger change of
+    /// flat share (the function itself, before the callers whose cum moved with it), then the
+    /// larger change of value (a function that grew, before one whose share only shrank as
+    /// the other grew). For CPU dumps, which cover different spans.
+    Share,
+    /// The largest change of flat value first (the function that allocated it, not its
+    /// callers, whose cum holds every change below them); among equal ones, the larger change
+    /// of cum value. For heap dumps: snapshots of the same memory, where what grew is the news
+    /// (a leak that already dominates barely moves its share). `go tool pprof -diff_base -top`
+    /// orders the same way.
+    Value,
+}
+
+/// `threadprof diff`: per function, the change in flat and cum share of each profile's own
+/// total and in value (`+flat`, `+cum`, in the values' unit: bytes for heap types), in
+/// `order`; ties by name.
+pub fn diff(
+    out: &mut dyn Write,
+    base: &Stacks,
+    new: &Stacks,
+    n: usize,
+    order: DiffOrder,
+) -> Result<()> {
     let (bt, nt) = (base.total(), new.total());
     let (b, nw) = (flat_cum(base), flat_cum(new));
     let names: BTreeSet<&str> = b.keys().chain(nw.keys()).copied().collect();
-    let mut rows: Vec<(&str, f64, f64, f64, f64)> = names
+    let mut rows: Vec<DiffRow> = names
         .into_iter()
-        .map(|f| {
-            let (bf, bc) = b.get(f).copied().unwrap_or_default();
-            let (nf, nc) = nw.get(f).copied().unwrap_or_default();
-            (f, pct(bf, bt), pct(nf, nt), pct(bc, bt), pct(nc, nt))
+        .map(|name| DiffRow {
+            name,
+            base: b.get(name).copied().unwrap_or_default(),
+            new: nw.get(name).copied().unwrap_or_default(),
         })
         .collect();
-    let change = |r: &(&str, f64, f64, f64, f64)| (r.2 - r.1).abs().max((r.4 - r.3).abs());
-    rows.sort_by(|x, y| change(y).total_cmp(&change(x)).then(x.0.cmp(y.0)));
+    let shares = |r: &DiffRow| {
+        (
+            pct(r.base.0, bt),
+            pct(r.new.0, nt),
+            pct(r.base.1, bt),
+            pct(r.new.1, nt),
+        )
+    };
+    rows.sort_by_cached_key(|r| {
+        let (bf, nf, bc, nc) = shares(r);
+        let flat_change = (r.new.0 - r.base.0).unsigned_abs();
+        let cum_change = (r.new.1 - r.base.1).unsigned_abs();
+        let key = match order {
+            DiffOrder::Share => [
+                pp_key(nf - bf).max(pp_key(nc - bc)),
+                pp_key(nf - bf),
+                flat_change.max(cum_change),
+            ],
+            DiffOrder::Value => [flat_change, cum_change, 0],
+        };
+        (std::cmp::Reverse(key), r.name)
+    });
+    let unit = &new.unit;
     writeln!(
         out,
         "base total {}, new total {} (shares are of each profile's own total)",
         human(bt, &base.unit),
-        human(nt, &new.unit)
+        human(nt, unit)
     )?;
     writeln!(
         out,
-        "{:>8} {:>8} {:>9} {:>8} {:>8} {:>9}  function",
-        "flat%", "new", "Δflat", "cum%", "new", "Δcum"
+        "{:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>10}  function",
+        "flat%", "new", "Δflat", "cum%", "new", "Δcum", "+flat", "+cum"
     )?;
-    for (f, bf, nf, bc, nc) in rows.into_iter().take(n) {
+    for r in rows.into_iter().take(n) {
+        let (bf, nf, bc, nc) = shares(&r);
         writeln!(
             out,
-            "{bf:>7.2}% {nf:>7.2}% {:>+8.2}pp {bc:>7.2}% {nc:>7.2}% {:>+8.2}pp  {f}",
+            "{bf:>7.2}% {nf:>7.2}% {:>+8.2}pp {bc:>7.2}% {nc:>7.2}% {:>+8.2}pp {:>10} {:>10}  {}",
             nf - bf,
-            nc - bc
+            nc - bc,
+            signed(r.new.0 - r.base.0, unit),
+            signed(r.new.1 - r.base.1, unit),
+            r.name
         )?;
     }
     Ok(())
 }
 
-/// `threadprof ls`: one row per dump file.
-pub fn ls(out: &mut dyn Write, files: &[Loaded]) -> Result<()> {
-    writeln!(
-        out,
-        "{:<24} {:>9} {:>9} {:>9} {:>7} {:>9} {:>14} {:>8}",
-        "tag", "samples", "cpu", "wall", "threads", "covers", "written", "dropped"
-    )?;
-    for f in files {
+/// What `ls` says of every dump, whatever its kind: threads, age, drops.
+struct DumpFacts {
+    threads: usize,
+    age: String,
+    dropped: String,
+}
+
+impl DumpFacts {
+    fn of(f: &Loaded) -> DumpFacts {
         let p = &f.profile;
-        let sum = |ty: &str| {
-            p.sample_type_index(ty).map(|i| {
-                p.sample
-                    .iter()
-                    .map(|s| s.value.get(i).copied().unwrap_or(0))
-                    .sum::<i64>()
-            })
-        };
         let threads: BTreeSet<i64> = p
             .sample
             .iter()
@@ -203,17 +264,86 @@ pub fn ls(out: &mut dyn Write, files: &[Loaded]) -> Result<()> {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map_or("?".into(), |d| format!("{}s ago", d.as_secs()));
+        DumpFacts {
+            threads: threads.len(),
+            age,
+            dropped,
+        }
+    }
+}
+
+/// The sum of sample type `ty`'s values in `f`, in its unit, or `-` when `f` lacks the type.
+fn total_of(f: &Loaded, ty: &str) -> String {
+    let p = &f.profile;
+    p.sample_type_index(ty).map_or("-".into(), |i| {
+        let sum: i64 = p
+            .sample
+            .iter()
+            .map(|s| s.value.get(i).copied().unwrap_or(0))
+            .sum();
+        human(sum, p.string(p.sample_type[i].unit))
+    })
+}
+
+/// `threadprof ls`: one row per dump file; CPU dumps first, then (in a table of their own,
+/// headed `heap tag`) heap dumps.
+pub fn ls(out: &mut dyn Write, files: &[Loaded]) -> Result<()> {
+    let (cpu, heap): (Vec<&Loaded>, Vec<&Loaded>) = files
+        .iter()
+        .partition(|f| Kind::of_profile(&f.profile) == Kind::Cpu);
+    if !cpu.is_empty() {
+        writeln!(
+            out,
+            "{:<24} {:>9} {:>9} {:>9} {:>7} {:>9} {:>14} {:>8}",
+            "tag", "samples", "cpu", "wall", "threads", "covers", "written", "dropped"
+        )?;
+    }
+    for f in cpu {
+        let facts = DumpFacts::of(f);
+        let p = &f.profile;
+        // Sample counts print as the plain number, and 0 when the file has none.
+        let samples = p.sample_type_index("samples").map_or(0, |i| {
+            p.sample
+                .iter()
+                .map(|s| s.value.get(i).copied().unwrap_or(0))
+                .sum::<i64>()
+        });
         writeln!(
             out,
             "{:<24} {:>9} {:>9} {:>9} {:>7} {:>9} {:>14} {:>8}",
             f.name(),
-            sum("samples").unwrap_or(0),
-            sum("cpu").map_or("-".into(), |v| human(v, "nanoseconds")),
-            sum("wall").map_or("-".into(), |v| human(v, "nanoseconds")),
-            threads.len(),
+            samples,
+            total_of(f, "cpu"),
+            total_of(f, "wall"),
+            facts.threads,
             human(p.duration_nanos, "nanoseconds"),
-            age,
-            dropped
+            facts.age,
+            facts.dropped
+        )?;
+    }
+    if heap.is_empty() {
+        return Ok(());
+    }
+    if files.len() > heap.len() {
+        writeln!(out)?;
+    }
+    writeln!(
+        out,
+        "{:<24} {:>12} {:>12} {:>7} {:>9} {:>14} {:>8}",
+        "heap tag", "inuse_space", "alloc_space", "threads", "covers", "written", "dropped"
+    )?;
+    for f in heap {
+        let facts = DumpFacts::of(f);
+        writeln!(
+            out,
+            "{:<24} {:>12} {:>12} {:>7} {:>9} {:>14} {:>8}",
+            f.name(),
+            total_of(f, "inuse_space"),
+            total_of(f, "alloc_space"),
+            facts.threads,
+            human(f.profile.duration_nanos, "nanoseconds"),
+            facts.age,
+            facts.dropped
         )?;
     }
     Ok(())

@@ -8,17 +8,8 @@ use std::time::{Duration, Instant};
 
 use threadprof::pprof::{decode_gz, encode_gz, Profile, ProfileBuilder};
 
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_threadprof"))
-        .args(args)
-        .output()
-        .expect("run threadprof");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{cli, top_row};
 
 #[inline(never)]
 fn cli_left_work(n: u64) -> u64 {
@@ -241,21 +232,6 @@ fn labelled_profile(dir: &Path, name: &str) -> String {
     let path = dir.join(format!("{name}.pb.gz"));
     std::fs::write(&path, encode_gz(&b.finish()).unwrap()).unwrap();
     path.display().to_string()
-}
-
-/// A row of a `top` table: its five number columns and the function name (which may hold
-/// spaces).
-fn top_row(line: &str) -> ([&str; 5], &str) {
-    let mut rest = line;
-    let mut cols = [""; 5];
-    for col in &mut cols {
-        rest = rest.trim_start();
-        let end = rest
-            .find(' ')
-            .unwrap_or_else(|| panic!("short row: {line}"));
-        (*col, rest) = rest.split_at(end);
-    }
-    (cols, rest.trim_start())
 }
 
 /// `threadprof top` output parsed back: the total of its first line, and (flat, name) rows.
