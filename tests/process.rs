@@ -214,3 +214,83 @@ fn symbolization_memory_stays_small_and_flat() {
         "grew from {on_first} to {on_end} KiB after the first dump"
     );
 }
+
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Child body: `THREADPROF_TEST_IDLE` registered threads blocked on a barrier while wall
+/// sampling runs at 99 Hz; prints the process CPU time and the elapsed time of a 3 s wait.
+#[test]
+fn child_idle_threads() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let n: usize = std::env::var("THREADPROF_TEST_IDLE")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let registered = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let release = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (registered, release) = (registered.clone(), release.clone());
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let _g = threadprof::enter(&format!("idle{}", i % 8));
+                    registered.wait();
+                    release.wait();
+                })
+                .unwrap()
+        })
+        .collect();
+    registered.wait();
+    // Past the first wall samples (each thread is signalled once, then parked).
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu0, t0) = (process_cpu(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu, elapsed) = (process_cpu() - cpu0, t0.elapsed());
+    let live = threadprof::live_threads().len();
+    release.wait();
+    for t in threads {
+        t.join().unwrap();
+    }
+    println!(
+        "RESULT cpu={} elapsed={} live={live}",
+        cpu.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+}
+
+/// Issue "Scale": 2,000 blocked registered threads with wall sampling on at 99 Hz cost a small
+/// fraction of a core (the design before this issue read every thread's CPU clock every
+/// period: about 20% of a core in a release build here, more in a debug one). The bound is a
+/// ratio of CPU time to elapsed time, with a wide margin for debug builds and noisy machines.
+#[test]
+fn two_thousand_idle_threads_cost_a_small_fraction_of_a_core_with_wall_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(
+        "child_idle_threads",
+        dir.path(),
+        &[
+            ("THREADPROF_TEST_IDLE", "2000"),
+            ("THREADPROF_WALL_FREQUENCY", "99"),
+            ("THREADPROF_DUMP_INTERVAL", "3600"),
+        ],
+    );
+    let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
+    assert_eq!(v["live"], 2000.0);
+    let share = v["cpu"] / v["elapsed"];
+    println!(
+        "2,000 idle registered threads, wall 99 Hz: {:.2}% of a core",
+        share * 100.0
+    );
+    assert!(share < 0.08, "{:.2}% of a core", share * 100.0);
+}

@@ -94,7 +94,8 @@ impl SignalStack {
         self.page + STACK_BYTES + WINDOW_BYTES + self.extra
     }
 
-    /// The extra region asked for in [`Self::new`]: page-aligned, zero-filled when mapped,
+    /// The extra region asked for in [`Self::new`]: 8-byte aligned (page-aligned with 4 KiB
+    /// pages), zero-filled when mapped,
     /// readable and writable, and valid until this value drops. Nothing here uses it.
     pub(crate) fn extra(&self) -> (*mut u8, usize) {
         (

@@ -186,8 +186,8 @@ impl DumpState {
             }
             let due = Instant::now() >= next_dump;
             let write = due || matches!(command, Some(Command::Flush(_) | Command::Stop));
-            // Profiles about to be read (written, or a window opened or closed, or the
-            // cumulative view served) take every thread's credited wall periods first.
+            // Profiles about to be read (written, a window opened or closed, the cumulative
+            // view or the counts served) take every thread's wall periods up to now first.
             let every_thread = write
                 || matches!(
                     command,
@@ -195,6 +195,7 @@ impl DumpState {
                         Command::OpenWindow(..)
                             | Command::CloseWindow(..)
                             | Command::Cumulative(..)
+                            | Command::Counts(..)
                     )
                 );
             self.guarded("tick", |s| s.tick(write, every_thread));

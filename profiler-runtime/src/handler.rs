@@ -10,10 +10,14 @@
 //!   plain TLS load; `try_with` cannot panic.
 //! - `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` (wall samples only): listed async-signal-safe by
 //!   POSIX.
-//! - `idle::ticks_now` and `IdleCredit::load`/`close`/`open`/`mark_ns`/`note_woken`: atomic
-//!   loads of a static counter and the slot's own words, a compare-and-swap loop (it retries
-//!   only while another thread changes the word, lock-free), `fetch_or` on the slot's word and
-//!   on one word of a static bitmap.
+//! - `idle::monotonic_ns`/`tick_of`: `clock_gettime(CLOCK_MONOTONIC)` (listed
+//!   async-signal-safe by POSIX) and two atomic loads of static words, then a division by a
+//!   period checked to be non-zero.
+//! - `IdleCredit::joined`/`note_run`/`load`/`close`/`open`/`mark_ns`/`note_woken`: atomic
+//!   loads and a relaxed `fetch_add` of the slot's own
+//!   words, a compare-and-swap loop (it retries only while another thread changes the word,
+//!   lock-free), `fetch_or` on the slot's word and on one word of a static bitmap (the index
+//!   is checked with `get`).
 //! - `UnwinderUse::begin`/drop: two `SeqCst` atomic operations; the unwinder it yields is never
 //!   freed while a handler holds it.
 //! - framehop `iter_frames` with `MustNotAllocateDuringUnwind`: evaluates DWARF CFI with
@@ -26,7 +30,9 @@
 //!   set and span ids in force; their strings are never touched here).
 //! - `cut_short.fetch_add` (relaxed) on the slot's own counter when a read was refused.
 //! - `SampleBuffer::begin`/`push`/`commit`/`commit_repeat`/`count_dropped`: relaxed/acquire/
-//!   release atomic loads, stores and one `fetch_add`, into memory allocated at registration.
+//!   release atomic loads, stores and one `fetch_add`, into memory allocated at registration;
+//!   then `mark_pending`: a swap of the ring's flag and, when it was clear, a `fetch_or` on one
+//!   word of the static `PENDING` bitmap (index checked with `get`).
 //! - Wall samples read the instruction at (or just before) the interrupted pc, 2 or 4 bytes,
 //!   only when `CodeMap::contains_code` (a binary search) says they lie in one readable and
 //!   executable segment of a loaded object, and then by `process_vm_readv` (`read_bytes`), so
@@ -164,16 +170,18 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
     // timer signal was pending was merged into it by the kernel; one that finds nothing owed
     // (a CPU sample took the periods just before) does nothing.
     let mut wall = 0;
-    if slot.wall_period_ns > 0 {
-        let now = crate::idle::ticks_now();
+    if slot.wall_period_ns > 0 && slot.idle.joined() {
+        slot.idle.note_run();
+        let clock = crate::idle::monotonic_ns();
+        let now = crate::idle::tick_of(clock);
         let credit = slot.idle.load();
         if cpu == 0 && credit.count() == 0 && crate::idle::behind(credit.until(), now) == 0 {
             return;
         }
         // The thread is running now: stop crediting. If the credit was open, the thread was
-        // blocked where its previous record was taken, until it woke: of the periods owed, the
-        // ones its CPU time since then covers are this sample's, the others repeat that record
-        // (waiting), ahead of this one, with what the ticker credited.
+        // blocked where its previous record was taken until it woke, and has run since (about
+        // as long as its CPU time since then): that many periods are this sample's, the others
+        // repeat that record (waiting), ahead of this one, with what the ticker credited.
         let closed = slot.idle.close(now);
         let mut repeat = closed.credited;
         wall = closed.owed;
@@ -182,7 +190,8 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
             if wall > 0 {
                 let ran = thread_cpu_ns().saturating_sub(slot.idle.mark_ns());
                 let ran_periods = ran.saturating_add(slot.wall_period_ns / 2) / slot.wall_period_ns;
-                // The period that ends now is where the thread is now.
+                // The tick just passed (the one that made the ticker signal, or the first
+                // the thread ran into) is where it is now.
                 let current = ran_periods.max(1).min(wall);
                 repeat += wall - current;
                 wall = current;
@@ -217,16 +226,19 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
         // A thread interrupted in a blocking system call is waiting, whatever CPU it used
         // since the last wall sample (it may have just gone to sleep after a burst). One that
         // was blocked at the previous wall sample and is now in user code has woken since,
-        // and used no CPU before waking: it is running. Otherwise at least half a wall period
-        // of CPU since the previous wall sample means running.
+        // and used no CPU before waking: it is running. So is one whose CPU timer fired (this
+        // sample takes the wall periods owed along with its CPU period). Otherwise at least
+        // half a wall period of CPU since the previous wall sample means running.
         // SAFETY: `context` is the ucontext_t of the interrupted code.
         let ret = unsafe { syscall_return(context) };
         blocked = code
             .get()
             .is_some_and(|map| in_syscall(map, pc, ret, copies));
         let woke = std::mem::replace(&mut state.last_wall_blocked, blocked);
-        let running =
-            !blocked && (woke || ran.saturating_mul(2) >= slot.wall_period_ns.saturating_mul(wall));
+        let running = !blocked
+            && (woke
+                || cpu > 0
+                || ran.saturating_mul(2) >= slot.wall_period_ns.saturating_mul(wall));
         if !running {
             wall_kind = SampleKind::WallWaiting;
         }

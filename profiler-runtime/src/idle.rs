@@ -1,7 +1,7 @@
 //! `IdleCredit`: a thread's wall-clock account, and the periods of a blocked thread counted
 //! without signalling it.
 //!
-//! The wall ticker (sampler.rs) counts periods process-wide in [`WALL_TICKS`]. Each registered
+//! Wall periods are counted process-wide off `CLOCK_MONOTONIC` ([`ticks_now`]). Each registered
 //! thread's credit word records the tick up to which that thread's wall periods are accounted
 //! (`until`); whoever moves `until` forward owns the periods it passes over, so every period
 //! of every thread is counted exactly once:
@@ -16,7 +16,10 @@
 //!
 //! So a blocked thread need not be looked at every period: its periods simply wait in the gap
 //! between `until` and the current tick, and the ticker looks at such *parked* threads a
-//! bounded number per tick (sampler.rs), crediting all the periods since the last look at once.
+//! bounded number per tick (sampler.rs), crediting all the periods since the last look at once
+//! (and all of them before profiles are read). The split below is only as exact as that: a
+//! thread that woke, ran less than a CPU-timer period and blocked elsewhere between two looks
+//! has the periods up to the second look credited to its first stack.
 //! If the thread woke in between, the next handler run finds the credit open and splits the
 //! owed periods: the ones its CPU time since the credit was opened covers are the current
 //! sample's (it ran), the rest were spent blocked and repeat the old stack. The handler also
@@ -28,7 +31,8 @@
 //!    and notes the thread's CPU time (`mark`).
 //! 2. The ticker reads the thread's CPU clock from outside. If it has not advanced since the
 //!    mark (beyond the few µs the thread spends returning from the handler and re-entering the
-//!    call, on the first look only), it credits the periods up to now.
+//!    call, at the first two looks; not at all since the previous look, after), it credits the
+//!    periods up to now.
 //! 3. Any handler run *closes* the credit first and writes what it held (plus the owed periods
 //!    spent blocked) as a repeat record ahead of its own; the dump thread takes what an idle
 //!    thread still holds at each drain.
@@ -38,7 +42,7 @@
 //! layout: `open:1 | epoch:15 | count:16 | until:32` (`until` and the tick counter wrap; they
 //! are only ever subtracted).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 const UNTIL_BITS: u32 = 32;
 const COUNT_SHIFT: u32 = UNTIL_BITS;
@@ -51,9 +55,11 @@ const OPEN: u64 = 1 << 63;
 /// Periods a credit can hold before the dump thread takes them.
 pub(crate) const CREDIT_CAPACITY: u64 = COUNT_MASK;
 
-/// Wall periods elapsed since the first wall ticker started (wrapping; only differences of
-/// readings are used). Advanced by the ticker before it looks at the threads for a tick.
-pub(crate) static WALL_TICKS: AtomicU64 = AtomicU64::new(0);
+/// Start (ns on `CLOCK_MONOTONIC`) and length of the wall periods: ticks are read off the
+/// clock, so a handler always knows the current one, however late the ticker wakes. Set when a
+/// wall ticker is made (`period` 0: none yet).
+static TICK_BASE_NS: AtomicU64 = AtomicU64::new(0);
+static TICK_PERIOD_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Words of [`WOKEN`]: one bit per ticker member, for up to 65,536 members (8 KiB). Members
 /// past that are never parked.
@@ -67,15 +73,53 @@ pub(crate) static WOKEN: [AtomicU64; WOKEN_WORDS] = [const { AtomicU64::new(0) }
 /// No ticker member index (not a member, or past [`WOKEN`]'s capacity).
 pub(crate) const NO_MEMBER: u32 = u32::MAX;
 
-/// The current tick (acquire: a reader that saw a word whose `until` is a tick also sees the
-/// counter at or past it, since the ticker advances the counter before it credits).
-pub(crate) fn ticks_now() -> u32 {
-    WALL_TICKS.load(Ordering::Acquire) as u32
+/// `CLOCK_MONOTONIC` in ns (async-signal-safe: `clock_gettime` is on POSIX's list).
+pub(crate) fn monotonic_ns() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes only the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(ts.tv_nsec as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
 }
 
-/// Ticker: advances the counter by `periods` and returns the new tick.
-pub(crate) fn advance_ticks(periods: u64) -> u32 {
-    (WALL_TICKS.fetch_add(periods, Ordering::AcqRel) + periods) as u32
+/// Ticker (at its creation): periods of `period_ns` from now on; returns their start (ns on
+/// `CLOCK_MONOTONIC`).
+pub(crate) fn start_ticks(period_ns: u64) -> u64 {
+    let base = monotonic_ns();
+    TICK_BASE_NS.store(base, Ordering::Relaxed);
+    TICK_PERIOD_NS.store(period_ns.max(1), Ordering::Release);
+    base
+}
+
+/// The current tick: wall periods since the ticker started (wrapping; only differences of
+/// readings are used). 0 before any ticker.
+pub(crate) fn ticks_now() -> u32 {
+    tick_of(monotonic_ns())
+}
+
+/// The tick that `CLOCK_MONOTONIC` reading `ns` falls in (0 before any ticker).
+pub(crate) fn tick_of(ns: u64) -> u32 {
+    let period = TICK_PERIOD_NS.load(Ordering::Acquire);
+    if period == 0 {
+        return 0;
+    }
+    (ns.saturating_sub(TICK_BASE_NS.load(Ordering::Relaxed)) / period) as u32
 }
 
 /// Periods from tick `until` to tick `now` (0 if `until` is ahead, which a reader racing the
@@ -133,6 +177,13 @@ pub(crate) struct IdleCredit {
     mark_ns: AtomicU64,
     /// The thread's index in the ticker's member table ([`NO_MEMBER`] if none).
     member: AtomicU32,
+    /// Handler runs on the thread (wrapping): the ticker signals a thread again only after a
+    /// run since its last signal, whatever that run found to do.
+    runs: AtomicU32,
+    /// Whether the thread joined the wall ticker: only then are wall periods owed to it (a
+    /// thread that could not join gets no wall samples, rather than one that stands for its
+    /// whole life). Stays set after it leaves, for its last account.
+    joined: AtomicBool,
 }
 
 impl IdleCredit {
@@ -142,6 +193,8 @@ impl IdleCredit {
             word: AtomicU64::new(u64::from(now)),
             mark_ns: AtomicU64::new(0),
             member: AtomicU32::new(NO_MEMBER),
+            runs: AtomicU32::new(0),
+            joined: AtomicBool::new(false),
         }
     }
 
@@ -155,12 +208,33 @@ impl IdleCredit {
         self.mark_ns.load(Ordering::Relaxed)
     }
 
+    /// Handler: counts a run (relaxed: the ticker only compares readings).
+    pub(crate) fn note_run(&self) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handler runs so far (see [`Self::note_run`]).
+    pub(crate) fn runs(&self) -> u32 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// Ticker: the thread joined (see `joined`).
+    pub(crate) fn set_joined(&self) {
+        self.joined.store(true, Ordering::Release);
+    }
+
+    /// Whether the thread joined the ticker (its wall periods are owed to it).
+    pub(crate) fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
     /// Ticker: records the thread's index in its member table.
     pub(crate) fn set_member(&self, index: u32) {
         self.member.store(index, Ordering::Relaxed);
     }
 
-    /// Handler: tells the ticker that this parked thread ran (one `fetch_or` on a static word).
+    /// Handler: tells the ticker that this parked thread ran (one `fetch_or` on a static
+    /// word), so that it looks at the thread every tick again from the next one.
     pub(crate) fn note_woken(&self) {
         let index = self.member.load(Ordering::Relaxed) as usize;
         if let Some(word) = WOKEN.get(index / 64) {
@@ -268,6 +342,7 @@ impl IdleCredit {
         *self.word.get_mut() = u64::from(now);
         *self.mark_ns.get_mut() = 0;
         *self.member.get_mut() = NO_MEMBER;
+        *self.joined.get_mut() = false;
     }
 }
 

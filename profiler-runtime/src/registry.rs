@@ -65,6 +65,9 @@ struct Inner {
     /// free for reuse.
     by_pending_index: Vec<Option<ThreadRecord>>,
     free_pending_indices: Vec<u32>,
+    /// Indices of threads that ended, freed by [`Registry::recycle`] (on the dump thread, the
+    /// only one that clears bits, after its drain).
+    ended_pending_indices: Vec<u32>,
     /// Live threads without a pending index (past `buffer::PENDING`'s capacity): their flags
     /// are looked at every drain.
     unindexed: HashMap<u64, ThreadRecord>,
@@ -567,7 +570,9 @@ impl Registry {
         buffer.set_pending_index(crate::buffer::NO_PENDING_INDEX);
         if let Some(entry) = inner.by_pending_index.get_mut(index as usize) {
             *entry = None;
-            inner.free_pending_indices.push(index);
+            // Free for reuse only after the dump thread's next drain of ended threads: a
+            // drain of this thread in flight may still clear the bit by this index.
+            inner.ended_pending_indices.push(index);
             if let Some(word) = crate::buffer::PENDING.get(index as usize / 64) {
                 word.fetch_and(!(1 << (index % 64)), Ordering::AcqRel);
             }
@@ -625,8 +630,11 @@ impl Registry {
         out
     }
 
-    /// Every live thread.
+    /// Every live thread, after bringing blocked threads' wall credits up to now.
     pub(crate) fn live_records(&self) -> Vec<ThreadRecord> {
+        if let Some(wall) = &self.wall {
+            wall.settle_parked();
+        }
         self.lock()
             .threads
             .values()
@@ -637,6 +645,8 @@ impl Registry {
     /// Takes back the slots of ended threads after their final drain, for reuse.
     pub(crate) fn recycle(&self, retired: Vec<ThreadRecord>) {
         let mut inner = self.lock();
+        let ended = std::mem::take(&mut inner.ended_pending_indices);
+        inner.free_pending_indices.extend(ended);
         for record in retired {
             if inner.idle_slots.len() >= IDLE_SLOTS {
                 break;
@@ -699,6 +709,8 @@ impl Registry {
         let mut inner = self.lock();
         inner.sampling = false;
         if let Some(wall) = &self.wall {
+            // The final dump takes what blocked threads were credited up to now.
+            wall.settle_parked();
             wall.stop();
         }
         for t in inner.threads.values_mut() {

@@ -4,12 +4,19 @@
 //! - **CPU:** each registered thread gets its own POSIX timer on its CPU-time clock
 //!   (`CLOCK_THREAD_CPUTIME_ID`), created by that thread, delivering to it alone
 //!   (`SIGEV_THREAD_ID`, `sigev_value` = `TIMER_CPU`). It only advances while the thread runs.
-//! - **Wall** (when on): one `WallTicker` thread wakes on `CLOCK_MONOTONIC` at the wall
-//!   frequency. For each registered thread it either credits the period to the thread's
-//!   `IdleCredit` (the thread has not run since a wall sample found it blocked: same stack, no
-//!   need to wake it) or adds it to the thread's `wall_due` and fires the thread's one-shot
-//!   wall timer (a POSIX timer on `CLOCK_MONOTONIC`, `SIGEV_THREAD_ID`, value `TIMER_WALL`,
-//!   created unarmed at registration, armed 1 ns ahead). A timer's signal, not a `tgkill`:
+//! - **Wall** (when on): one `WallTicker` thread wakes at the start of each wall period
+//!   (periods are read off `CLOCK_MONOTONIC`, idle.rs). A thread's periods are owed to it
+//!   until someone accounts them: its signal handler (any run takes the periods owed since the
+//!   last), or the ticker, which *credits* a thread that has stayed blocked where its last
+//!   wall sample found it (`IdleCredit`, without waking it). The ticker looks every tick at
+//!   the threads that are running or that it has just signalled: one it finds owed something
+//!   gets its one-shot wall timer fired (a POSIX timer on `CLOCK_MONOTONIC`,
+//!   `SIGEV_THREAD_ID`, value `TIMER_WALL`, created unarmed at registration, armed 1 ns
+//!   ahead), once per handler run; one found blocked is *parked*. Parked threads are looked at
+//!   round robin, [`VISITS_PER_SECOND`] in all, each look crediting every period since the
+//!   last; a parked thread that runs is sampled by its CPU timer, whose handler flags it back
+//!   to the every-tick list. So idle threads cost a bounded number of looks per second, not one
+//!   per thread per period. A timer's signal, not a `tgkill`:
 //!   the kernel deletes timers and drops their pending signals at `execve`, while a `tgkill`
 //!   that lands during one stays pending across it, and the new program, whose SIGPROF action
 //!   is the default, dies of it.
@@ -48,7 +55,7 @@ mod imp {
     use std::mem::MaybeUninit;
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// `getauxval` key of the vDSO's address (Linux ABI; not in the `libc` crate for every
     /// target).
@@ -61,10 +68,10 @@ mod imp {
     /// CPU time a thread may use after its handler opened its idle credit, and still count as
     /// not having run: returning from the handler and re-entering its system call
     /// (`sigreturn`, the restart, libc's `EINTR` loop): 2 µs median, 8 µs at most over 110
-    /// blocked threads here (release build). Measured from the handler's mark, not from the
-    /// ticker's previous reading: on a busy machine the thread may not have been scheduled to
+    /// blocked threads here (release build). Allowed from the handler's mark at the first two
+    /// looks, not only the first: on a busy machine the thread may not have been scheduled to
     /// finish that return when the ticker first looked, and then every later look would see
-    /// the clock move.
+    /// the clock move and wake it again.
     const BLOCKED_SLACK_NS: u64 = 50_000;
 
     fn current_action() -> Result<libc::sigaction, SignalError> {
@@ -261,7 +268,7 @@ mod imp {
     /// owns `slot`, signals itself; a signal a thread sends itself is handled before `tgkill`
     /// returns. Call after leaving the ticker.
     pub fn settle_wall(slot: &ThreadSlot) {
-        if slot.wall_period_ns == 0 {
+        if slot.wall_period_ns == 0 || !slot.idle.joined() {
             return;
         }
         let now = crate::idle::ticks_now();
@@ -324,7 +331,7 @@ mod imp {
     /// parked thread is looked at every `parked / (VISITS_PER_SECOND / hz)` ticks and credited
     /// every period since; one that wakes and runs is back on the every-tick list as soon as a
     /// sample lands on it (its handler flags it in `idle::WOKEN`).
-    const VISITS_PER_SECOND: u64 = 2_000;
+    pub(crate) const VISITS_PER_SECOND: u64 = 2_000;
 
     /// One registered thread as the ticker sees it (identified by its slot).
     struct Member {
@@ -333,9 +340,14 @@ mod imp {
         timer: Timer,
         /// The thread's CPU-time clock, readable from any thread of the process.
         clock: libc::clockid_t,
-        /// The credit epoch in which the ticker last signalled the thread: a handler run
-        /// changes the epoch, so until one does, the signal is still on its way.
-        fired_epoch: Option<u64>,
+        /// The thread's count of handler runs when the ticker last signalled it: until it
+        /// changes, the signal is still on its way.
+        fired_at: Option<u32>,
+        /// The open credit's epoch the looks below belong to, how many credited it, and the
+        /// thread's CPU time at the last.
+        seen_epoch: Option<u64>,
+        looks: u8,
+        seen_cpu_ns: u64,
         /// Whether the thread is on the parked list (else the every-tick list), and where.
         parked: bool,
         pos: usize,
@@ -354,10 +366,24 @@ mod imp {
             let slot = &*self.slot;
             let seen = slot.idle.load();
             if seen.is_open() {
-                let blocked = clock_ns(self.clock)
-                    .is_some_and(|cpu| cpu.saturating_sub(slot.idle.mark_ns()) <= BLOCKED_SLACK_NS);
+                if self.seen_epoch != Some(seen.epoch()) {
+                    (self.seen_epoch, self.looks) = (Some(seen.epoch()), 0);
+                }
+                let cpu = clock_ns(self.clock);
+                // The first two looks after the handler parked the thread allow it the CPU of
+                // its way back into the call (it may not have been scheduled to finish that at
+                // the first); later ones, none.
+                let blocked = cpu.is_some_and(|cpu| {
+                    if self.looks < 2 {
+                        cpu.saturating_sub(slot.idle.mark_ns()) <= BLOCKED_SLACK_NS
+                    } else {
+                        cpu == self.seen_cpu_ns
+                    }
+                });
                 if blocked {
                     if let Some(count) = slot.idle.credit(seen, now) {
+                        self.seen_cpu_ns = cpu.unwrap_or(0);
+                        self.looks = self.looks.saturating_add(1);
                         if count >= self.take_at {
                             // The dump thread takes credits when it drains this ring (and from
                             // every thread before it writes a profile).
@@ -368,8 +394,9 @@ mod imp {
                 }
             }
             let owed = crate::idle::behind(seen.until(), now) > 0 || seen.count() > 0;
-            if owed && self.fired_epoch != Some(seen.epoch()) {
-                self.fired_epoch = Some(seen.epoch());
+            let runs = slot.idle.runs();
+            if owed && self.fired_at != Some(runs) {
+                self.fired_at = Some(runs);
                 // The timer is live: it is deleted with this member, which leaves the table
                 // under the lock we hold, before its thread unregisters and exits.
                 self.timer.fire_once();
@@ -442,6 +469,21 @@ mod imp {
             }
         }
 
+        /// Credits every parked thread up to `now` (or signals it if it ran), so that profiles
+        /// about to be read hold all their periods, not only those up to each one's last look.
+        fn settle_parked(&mut self, now: u32) {
+            let mut pos = 0;
+            while let Some(&index) = self.parked.get(pos) {
+                let still = self.member(index).is_some_and(|m| m.visit(now));
+                if still {
+                    pos += 1;
+                } else {
+                    self.remove_at(true, pos);
+                    self.push(index, false);
+                }
+            }
+        }
+
         fn insert(&mut self, mut member: Member) -> u32 {
             let index = match self.free.pop() {
                 Some(i) => i,
@@ -456,6 +498,7 @@ mod imp {
             } else {
                 crate::idle::NO_MEMBER
             });
+            member.slot.idle.set_joined();
             self.table[index as usize] = Some(member);
             self.push(index, false);
             index
@@ -534,7 +577,9 @@ mod imp {
     }
 
     struct TickerShared {
-        period: Duration,
+        period_ns: u64,
+        /// Start of tick 0 (ns on `CLOCK_MONOTONIC`).
+        base_ns: u64,
         /// Parked threads looked at per tick.
         budget: usize,
         members: Mutex<Members>,
@@ -557,9 +602,11 @@ mod imp {
         /// A ticker at `hz` (> 0); its thread starts with the first member.
         pub fn new(hz: u32) -> WallTicker {
             let hz = u64::from(hz.max(1));
+            let period_ns = 1_000_000_000 / hz;
             WallTicker {
                 shared: Arc::new(TickerShared {
-                    period: Duration::from_nanos(1_000_000_000 / hz),
+                    period_ns,
+                    base_ns: crate::idle::start_ticks(period_ns),
                     budget: (VISITS_PER_SECOND / hz).max(1) as usize,
                     members: Mutex::new(Members::default()),
                     wake: Condvar::new(),
@@ -591,7 +638,10 @@ mod imp {
                 slot: slot.clone(),
                 timer,
                 clock,
-                fired_epoch: None,
+                fired_at: None,
+                seen_epoch: None,
+                looks: 0,
+                seen_cpu_ns: 0,
                 parked: false,
                 pos: 0,
                 can_park: false,
@@ -602,6 +652,11 @@ mod imp {
                 shared: self.shared.clone(),
                 index,
             })
+        }
+
+        /// Brings every parked thread's credit up to now (before profiles are read).
+        pub fn settle_parked(&self) {
+            self.shared.lock().settle_parked(crate::idle::ticks_now());
         }
 
         /// Drops every member and ends the ticker thread (shutdown).
@@ -626,31 +681,39 @@ mod imp {
         }
     }
 
-    /// The ticker thread: sleeps to each absolute deadline, advances the tick count by one
-    /// period (more if it woke late), then accounts the tick for its members.
+    /// The ticker thread: sleeps to the start of the next tick (read off the clock, so a late
+    /// wake-up skips the ticks it missed), then accounts the current tick for its members:
+    /// their periods since the last look are owed and counted by whoever looks next.
     fn run(shared: &TickerShared) {
-        let period = shared.period;
-        let mut next = Instant::now() + period;
+        let (base, period) = (shared.base_ns, shared.period_ns);
+        let tick_at = |ns: u64| ns.saturating_sub(base) / period;
+        let mut last: Option<u64> = None;
+        let mut m = shared.lock();
         loop {
-            {
-                let mut m = shared.lock();
-                while m.is_empty() && !m.stopped {
-                    m = shared.wake.wait(m).unwrap_or_else(|e| e.into_inner());
-                    next = Instant::now() + period;
-                }
-                if m.stopped {
-                    return;
-                }
+            while m.is_empty() && !m.stopped {
+                m = shared.wake.wait(m).unwrap_or_else(|e| e.into_inner());
+                last = None;
             }
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
+            if m.stopped {
+                return;
             }
-            let late = Instant::now().saturating_duration_since(next);
-            let missed = (late.as_nanos() / period.as_nanos().max(1)) as u32;
-            next += period * (missed + 1);
-            let tick = crate::idle::advance_ticks(1 + u64::from(missed));
-            shared.lock().tick(tick, shared.budget);
+            let now = crate::idle::monotonic_ns();
+            let wake_at = base.saturating_add((tick_at(now) + 1).saturating_mul(period));
+            let wait = Duration::from_nanos(wake_at.saturating_sub(now));
+            m = match shared.wake.wait_timeout(m, wait) {
+                Ok((m, _)) => m,
+                Err(e) => e.into_inner().0,
+            };
+            if m.stopped {
+                return;
+            }
+            let tick = tick_at(crate::idle::monotonic_ns());
+            if last == Some(tick) {
+                continue; // woken early (a thread joined): the tick is not over
+            }
+            let periods = last.map_or(1, |l| tick.saturating_sub(l).max(1));
+            last = Some(tick);
+            m.tick(tick as u32, shared.budget.saturating_mul(periods as usize));
         }
     }
 
@@ -756,6 +819,7 @@ mod imp {
             WallTicker
         }
         pub fn stop(&self) {}
+        pub fn settle_parked(&self) {}
     }
     pub fn settle_wall(_slot: &crate::slot::ThreadSlot) {}
     pub fn stack_bounds() -> (u64, u64) {
