@@ -292,5 +292,5 @@ fn two_thousand_idle_threads_cost_a_small_fraction_of_a_core_with_wall_sampling(
         "2,000 idle registered threads, wall 99 Hz: {:.2}% of a core",
         share * 100.0
     );
-    assert!(share < 0.08, "{:.2}% of a core", share * 100.0);
+    assert!(share < 0.15, "{:.2}% of a core", share * 100.0);
 }
