@@ -130,9 +130,11 @@ fn allocations_inside_the_sampler_are_skipped_not_recursed_with_every_allocation
 
 // ---- realloc -----------------------------------------------------------------------------
 
+/// 1 MiB: above glibc's mmap threshold, so the block's address is not reused by the small
+/// allocations that follow (a record left behind by a broken realloc would stay visible).
 #[inline(never)]
 fn first_site() -> Vec<u64> {
-    Vec::with_capacity(1000)
+    Vec::with_capacity(131_072)
 }
 
 #[inline(never)]
@@ -176,7 +178,7 @@ fn realloc_ends_the_old_record_and_starts_one_at_the_new_size() {
             .sum::<i64>()
     };
     // Interval 1 byte: every allocation is sampled with weight 1.
-    assert_eq!(leaf("first_site", "alloc_space"), 8000);
+    assert_eq!(leaf("first_site", "alloc_space"), 1 << 20);
     assert_eq!(leaf("first_site", "inuse_space"), 0, "moved away by realloc");
     // reserve_exact(1,000,000) with one element in: 1,000,001 u64s.
     assert_eq!(leaf("grow_site", "alloc_space"), 8_000_008);
