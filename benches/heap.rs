@@ -99,12 +99,22 @@ fn parent() {
         );
     }
 
-    println!("\n## 2. Cost: 2 threads, allocation + free of 16–256 B, ns per pair (medians of rounds)\n");
+    println!(
+        "\n## 2. Cost: 2 threads, allocation + free of 16–256 B, ns per pair (medians of rounds)\n"
+    );
     println!("| interval | inner | inner alone | through the wrapper | ratio |");
     println!("|---|---|---|---|---|");
-    for (label, interval) in [("512 KiB (default)", "524288"), ("64 KiB", "65536"), ("0 (off)", "0")] {
+    for (label, interval) in [
+        ("512 KiB (default)", "524288"),
+        ("64 KiB", "65536"),
+        ("0 (off)", "0"),
+    ] {
         for r in run("cost", &[("THREADPROF_HEAP_INTERVAL", interval)]) {
-            let inner = if r["inner"] == 0.0 { "System (glibc)" } else { "mimalloc" };
+            let inner = if r["inner"] == 0.0 {
+                "System (glibc)"
+            } else {
+                "mimalloc"
+            };
             println!(
                 "| {label} | {inner} | {:.1} | {:.1} | {:.3} |",
                 r["plain_ns"],
@@ -117,7 +127,9 @@ fn parent() {
     println!("\n## 3. Tracking memory, 100,000 live sampled allocations of 64 B\n");
     let on = &run("tracking", &[("THREADPROF_HEAP_INTERVAL", "1")])[0];
     let off = &run("tracking", &[("THREADPROF_HEAP_INTERVAL", "0")])[0];
-    println!("| | RSS growth while allocating | live sampled | Stats::heap_tracking_bytes | dropped |");
+    println!(
+        "| | RSS growth while allocating | live sampled | Stats::heap_tracking_bytes | dropped |"
+    );
     println!("|---|---|---|---|---|");
     for (label, r) in [("every allocation sampled", on), ("sampling off", off)] {
         println!(
@@ -134,16 +146,18 @@ fn parent() {
         (on["rss_growth_kib"] - off["rss_growth_kib"]) * 1024.0 / on["live"].max(1.0)
     );
 
-    let secs = std::env::var("HEAP_SOAK_SECONDS").unwrap_or_else(|_| {
-        if quick() { "3" } else { "10" }.to_owned()
-    });
+    let secs = std::env::var("HEAP_SOAK_SECONDS")
+        .unwrap_or_else(|_| if quick() { "3" } else { "10" }.to_owned());
     println!("\n## 4. Soak: {secs} s of steady allocation (2 threads, 64 MiB live, churn)\n");
     println!("| sampling | RSS after 1 s | RSS at the end | max RSS | samples | dropped | live sampled (end) | tracking (end) |");
     println!("|---|---|---|---|---|---|---|---|");
     for (label, interval) in [("512 KiB", "524288"), ("off", "0")] {
         let r = &run(
             "soak",
-            &[("THREADPROF_HEAP_INTERVAL", interval), ("HEAP_SOAK_SECONDS", &secs)],
+            &[
+                ("THREADPROF_HEAP_INTERVAL", interval),
+                ("HEAP_SOAK_SECONDS", &secs),
+            ],
         )[0];
         println!(
             "| {label} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} | {} | {} | {:.1} MiB |",
@@ -307,8 +321,16 @@ fn child_cost() {
         pm.push(pairs(&MI, n));
         wm.push(pairs(&WRAPPED_MI, n));
     }
-    println!("RESULT inner=0 plain_ns={} wrapped_ns={}", median(ps), median(ws));
-    println!("RESULT inner=1 plain_ns={} wrapped_ns={}", median(pm), median(wm));
+    println!(
+        "RESULT inner=0 plain_ns={} wrapped_ns={}",
+        median(ps),
+        median(ws)
+    );
+    println!(
+        "RESULT inner=1 plain_ns={} wrapped_ns={}",
+        median(pm),
+        median(wm)
+    );
     let s = threadprof::stats();
     eprintln!("samples={} dropped={}", s.heap_samples, s.heap_dropped);
 }

@@ -33,7 +33,10 @@ fn render_page(buffer: &mut Vec<String>, id: u64) {
     if buffer.len() >= 256 {
         buffer.clear();
     }
-    buffer.push(format!("<html><body>page {id}: {}</body></html>", "x".repeat(900)));
+    buffer.push(format!(
+        "<html><body>page {id}: {}</body></html>",
+        "x".repeat(900)
+    ));
 }
 
 /// Copies the heap profiles written so far into `dir/before/`.
@@ -103,9 +106,7 @@ fn main() {
     threadprof::shutdown();
     println!("sessions kept: {}, pages rendered: {rendered}", kept.len());
     if first == 0 || !written {
-        println!(
-            "no heap profiles were written: build with `--features enabled,heap` to profile"
-        );
+        println!("no heap profiles were written: build with `--features enabled,heap` to profile");
         return;
     }
     let before = dir.join("before").join(threadprof::MERGED_HEAP_FILE);

@@ -104,7 +104,11 @@ fn child_reentrancy() {
 #[test]
 fn allocations_inside_the_sampler_are_skipped_not_recursed_with_every_allocation_sampled() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_child("child_reentrancy", dir.path(), &[("THREADPROF_HEAP_INTERVAL", "1")]);
+    let out = run_child(
+        "child_reentrancy",
+        dir.path(),
+        &[("THREADPROF_HEAP_INTERVAL", "1")],
+    );
     let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
     assert!(v["work"] > 0.0);
     // Most are dropped: the ring holds 4,096 between drains, 100 ms apart.
@@ -167,7 +171,11 @@ fn child_realloc() {
 #[test]
 fn realloc_ends_the_old_record_and_starts_one_at_the_new_size() {
     let dir = tempfile::tempdir().unwrap();
-    run_child("child_realloc", dir.path(), &[("THREADPROF_HEAP_INTERVAL", "1")]);
+    run_child(
+        "child_realloc",
+        dir.path(),
+        &[("THREADPROF_HEAP_INTERVAL", "1")],
+    );
     let p = read_profile(&dir.path().join("realloc.heap.pb.gz"));
     let leaf = |name: &str, ty: &str| {
         let i = p.sample_type_index(ty).unwrap();
@@ -179,7 +187,11 @@ fn realloc_ends_the_old_record_and_starts_one_at_the_new_size() {
     };
     // Interval 1 byte: every allocation is sampled with weight 1.
     assert_eq!(leaf("first_site", "alloc_space"), 1 << 20);
-    assert_eq!(leaf("first_site", "inuse_space"), 0, "moved away by realloc");
+    assert_eq!(
+        leaf("first_site", "inuse_space"),
+        0,
+        "moved away by realloc"
+    );
     // reserve_exact(1,000,000) with one element in: 1,000,001 u64s.
     assert_eq!(leaf("grow_site", "alloc_space"), 8_000_008);
     assert_eq!(leaf("grow_site", "inuse_space"), 8_000_008, "the block now");
@@ -224,7 +236,10 @@ fn blocks_of_threads_that_exited_stay_in_use() {
     // 1 MiB blocks at a 64 KiB interval: each is sampled (probability 1 - e^-16).
     for tag in ["exits", "untagged"] {
         let got = inuse.get(tag).copied().unwrap_or(0) as f64 / (16 << 20) as f64;
-        assert!((0.95..1.05).contains(&got), "{tag}: inuse ×{got}, {inuse:?}");
+        assert!(
+            (0.95..1.05).contains(&got),
+            "{tag}: inuse ×{got}, {inuse:?}"
+        );
     }
 }
 
@@ -253,7 +268,11 @@ fn child_interval_zero() {
 #[test]
 fn interval_zero_is_a_pass_through() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_child("child_interval_zero", dir.path(), &[("THREADPROF_HEAP_INTERVAL", "0")]);
+    let out = run_child(
+        "child_interval_zero",
+        dir.path(),
+        &[("THREADPROF_HEAP_INTERVAL", "0")],
+    );
     let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
     assert_eq!(v["samples"], 0.0);
     assert_eq!(v["tracking"], 0.0, "nothing mapped");
@@ -321,7 +340,10 @@ fn child_fork() {
     for b in busy {
         b.join().unwrap();
     }
-    println!("RESULT forks=20 samples={}", threadprof::stats().heap_samples);
+    println!(
+        "RESULT forks=20 samples={}",
+        threadprof::stats().heap_samples
+    );
     std::mem::forget(kept); // still live at exit's final dump
     std::process::exit(0);
 }
@@ -329,7 +351,11 @@ fn child_fork() {
 #[test]
 fn a_forked_child_allocates_frees_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_child("child_fork", dir.path(), &[("THREADPROF_HEAP_INTERVAL", "1")]);
+    let out = run_child(
+        "child_fork",
+        dir.path(),
+        &[("THREADPROF_HEAP_INTERVAL", "1")],
+    );
     let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
     assert!(v["samples"] > 0.0);
 }
@@ -348,11 +374,17 @@ fn child_http() {
         .http_addr("127.0.0.1:0")
         .start()
         .expect("start");
-    let kept = threadprof::spawn("served", || keep_bytes(16 << 20)).join().unwrap();
+    let kept = threadprof::spawn("served", || keep_bytes(16 << 20))
+        .join()
+        .unwrap();
     let addr = threadprof::http_local_addr().expect("listening");
     let get = |path: &str| {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).unwrap();
         let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -374,7 +406,11 @@ fn child_http() {
     let (head, body) = get("/profiles/served.heap.pb.gz");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     threadprof::pprof::decode_gz(&body).expect("pprof");
-    std::fs::write(std::env::var("HEAP_OUT").unwrap(), get("/debug/pprof/heap").1).unwrap();
+    std::fs::write(
+        std::env::var("HEAP_OUT").unwrap(),
+        get("/debug/pprof/heap").1,
+    )
+    .unwrap();
     println!("RESULT inuse_ratio={inuse}");
     std::mem::forget(kept); // still live at exit's final dump
     std::process::exit(0);
@@ -407,7 +443,11 @@ fn heap_profile_over_http_and_in_go_tool_pprof() {
         .output()
         .expect("go tool pprof");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("Type: inuse_space"), "{text}");
     assert!(text.contains("keep_bytes"), "{text}");
 }

@@ -467,6 +467,7 @@ impl<'o> Locations<'o> {
     /// As [`Self::location`], with the address's leading (innermost) inline frames whose name
     /// `hide` accepts left out, unless that would leave none (heap profiles hide the
     /// allocation machinery this way).
+    #[cfg_attr(not(all(feature = "heap", threadprof_sampling)), allow(dead_code))]
     pub(crate) fn location_hiding(
         &mut self,
         b: &mut ProfileBuilder,

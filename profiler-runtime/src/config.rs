@@ -370,7 +370,12 @@ impl Config {
             let src = Source::Env("THREADPROF_HEAP_INTERVAL");
             c.heap_interval = match v.trim().parse::<u64>() {
                 Ok(n) => check_heap_interval(src, n),
-                Err(_) => fallback(src, &v, "not a whole number of bytes", DEFAULT_HEAP_INTERVAL),
+                Err(_) => fallback(
+                    src,
+                    &v,
+                    "not a whole number of bytes",
+                    DEFAULT_HEAP_INTERVAL,
+                ),
             };
         }
         // An empty variable beside a token set in code: the code's token stays in force.

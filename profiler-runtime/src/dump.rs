@@ -430,7 +430,11 @@ impl DumpState {
     fn heap_tags(&self) -> Vec<u32> {
         #[cfg(all(feature = "heap", threadprof_sampling))]
         if self.heap_in_use() {
-            return self.heap.as_ref().map(Heap::tags_with_samples).unwrap_or_default();
+            return self
+                .heap
+                .as_ref()
+                .map(Heap::tags_with_samples)
+                .unwrap_or_default();
         }
         Vec::new()
     }
@@ -491,7 +495,10 @@ impl DumpState {
         let name = |id: u32| names.tag(id);
         let mut files: Vec<(String, Option<u32>, bool)> = Vec::new();
         if !tags.is_empty() {
-            files.extend(tags.iter().map(|&id| (format!("{}.pb.gz", name(id)), Some(id), false)));
+            files.extend(
+                tags.iter()
+                    .map(|&id| (format!("{}.pb.gz", name(id)), Some(id), false)),
+            );
             files.push((MERGED_FILE.to_owned(), None, false));
         }
         if heap {

@@ -710,7 +710,11 @@ fn heap_file(stream: &mut TcpStream, shared: &Shared, name: &str) {
         }
     };
     let file = format!("{name}.heap");
-    match ask(shared, |tx| Command::Heap(tag, HeapDefault::InUse, tx), ANSWER_TIMEOUT) {
+    match ask(
+        shared,
+        |tx| Command::Heap(tag, HeapDefault::InUse, tx),
+        ANSWER_TIMEOUT,
+    ) {
         Some(Some(p)) => send_profile(stream, &p, &file),
         Some(None) => error_response(stream, 404, NO_HEAP),
         None => error_response(stream, 503, "the profiler is shutting down or stopped"),

@@ -88,7 +88,7 @@ pub use config::{Config, DebugInfo};
 pub use dump::{__inject_dump_panic, MERGED_FILE, MERGED_HEAP_FILE};
 #[cfg(feature = "heap")]
 #[cfg_attr(docsrs, doc(cfg(feature = "heap")))]
-pub use heap::{Allocator, __set_sample_hook as __set_heap_sample_hook};
+pub use heap::{__set_sample_hook as __set_heap_sample_hook, Allocator};
 #[cfg(feature = "http")]
 pub use http::local_addr as http_local_addr;
 #[cfg(feature = "enabled")]

@@ -190,7 +190,10 @@ pub(crate) fn walk(
         if !push(address.address_for_lookup()) {
             return true;
         }
-        let next = match map.unwinder.unwind_frame(address, &mut regs, cache, &mut *read) {
+        let next = match map
+            .unwinder
+            .unwind_frame(address, &mut regs, cache, &mut *read)
+        {
             Ok(Some(ra)) => ra,
             _ => return false,
         };

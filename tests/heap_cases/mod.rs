@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::Path;
 use std::time::Duration;
 
 use threadprof::pprof::Profile;
@@ -37,7 +36,10 @@ pub fn by_function(p: &Profile, ty: &str, name: &str) -> i64 {
 pub fn top_leaf(p: &Profile, ty: &str) -> String {
     let i = p.sample_type_index(ty).expect("sample type");
     let s = p.sample.iter().max_by_key(|s| s.value[i]).expect("samples");
-    p.stack_names(s).first().map(|n| n.to_string()).unwrap_or_default()
+    p.stack_names(s)
+        .first()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
 }
 
 /// Allocation sizes cycled through by the accuracy workload: 1 KiB to 64 KiB.
@@ -120,9 +122,18 @@ pub fn check_accuracy(test: &str) {
     println!("heavy alloc ×{heavy_alloc:.3}, light alloc ×{light_alloc:.3}, heavy inuse ×{heavy_inuse:.3}");
     // About 4,000 and 1,600 samples of allocated bytes, 500 of live ones: ±20% is more than
     // 4 standard deviations for each.
-    assert!((0.8..1.2).contains(&heavy_alloc), "heavy alloc_space ×{heavy_alloc}");
-    assert!((0.8..1.2).contains(&light_alloc), "light alloc_space ×{light_alloc}");
-    assert!((0.8..1.2).contains(&heavy_inuse), "heavy inuse_space ×{heavy_inuse}");
+    assert!(
+        (0.8..1.2).contains(&heavy_alloc),
+        "heavy alloc_space ×{heavy_alloc}"
+    );
+    assert!(
+        (0.8..1.2).contains(&light_alloc),
+        "light alloc_space ×{light_alloc}"
+    );
+    assert!(
+        (0.8..1.2).contains(&heavy_inuse),
+        "heavy inuse_space ×{heavy_inuse}"
+    );
     let light_inuse = inuse.get("light").copied().unwrap_or(0);
     assert!(
         (light_inuse as f64) < 0.02 * truth["heavy_inuse"],

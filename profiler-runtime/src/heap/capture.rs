@@ -68,7 +68,10 @@ pub(crate) fn fill_pool(n: usize) -> usize {
     for (slot, cache) in POOL.iter().skip(have).zip(built) {
         slot.cache.store(cache as *mut Cache, Ordering::Release);
     }
-    let len = POOL.iter().take_while(|p| !p.cache.load(Ordering::Acquire).is_null()).count();
+    let len = POOL
+        .iter()
+        .take_while(|p| !p.cache.load(Ordering::Acquire).is_null())
+        .count();
     POOL_LEN.store(len, Ordering::Release);
     len
 }
@@ -103,7 +106,11 @@ impl Drop for Lease {
 /// stack range `(lo, top)`, `(0, 0)` if unknown (then only this function's frame is recorded).
 /// `hint` spreads threads over the pool.
 #[inline(never)]
-pub(crate) fn capture(stack: (u64, u64), frames: &mut [u64; MAX_FRAMES], hint: usize) -> (u32, u32) {
+pub(crate) fn capture(
+    stack: (u64, u64),
+    frames: &mut [u64; MAX_FRAMES],
+    hint: usize,
+) -> (u32, u32) {
     let (pc, regs, sp) = registers_here();
     let Some(lease) = Lease::take(hint) else {
         return (0, DISCARD);

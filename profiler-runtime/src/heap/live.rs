@@ -116,7 +116,11 @@ impl LiveTable {
             return false;
         };
         let (a, b) = buckets(addr);
-        let ones = |i: usize| r.masks.get(i).map_or(8, |m| m.load(Ordering::Relaxed).count_ones());
+        let ones = |i: usize| {
+            r.masks
+                .get(i)
+                .map_or(8, |m| m.load(Ordering::Relaxed).count_ones())
+        };
         let (first, second) = if ones(b) < ones(a) { (b, a) } else { (a, b) };
         Self::insert_into(r, first, addr, id) || Self::insert_into(r, second, addr, id)
     }
@@ -131,12 +135,8 @@ impl LiveTable {
                 return false;
             }
             let bit = (!m).trailing_zeros() as usize;
-            match mask.compare_exchange_weak(
-                m,
-                m | (1 << bit),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match mask.compare_exchange_weak(m, m | (1 << bit), Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     let Some(e) = entries.get(bit) else {
                         return false;
@@ -218,7 +218,10 @@ mod tests {
         let r = t.region().expect("mapped");
         for i in 0..16u64 {
             let bucket = if i < 8 { a } else { b };
-            assert!(LiveTable::insert_into(r, bucket, 0x10_0000 + i * 16, i), "entry {i}");
+            assert!(
+                LiveTable::insert_into(r, bucket, 0x10_0000 + i * 16, i),
+                "entry {i}"
+            );
         }
         assert!(!LiveTable::insert_into(r, a, 0x20_0000, 99), "bucket full");
         assert!(!t.insert(x, 99), "both buckets full");

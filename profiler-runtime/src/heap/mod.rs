@@ -443,7 +443,8 @@ mod sampling {
         if first && size < next {
             t.remaining.set(next - size);
         } else {
-            t.remaining.set(if first { next_count(t, interval) } else { next });
+            t.remaining
+                .set(if first { next_count(t, interval) } else { next });
             if !crate::registry::in_forked_child() {
                 record(t, addr, size);
                 let hook = HOOK.load(Ordering::Acquire);

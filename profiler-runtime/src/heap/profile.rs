@@ -277,7 +277,9 @@ impl HeapProfiles {
 
     /// Every frame address of every stack.
     pub(crate) fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
-        self.stacks.iter().flat_map(|s| s.key.frames.iter().copied())
+        self.stacks
+            .iter()
+            .flat_map(|s| s.key.frames.iter().copied())
     }
 
     /// What `addr` is at the leaf end of a stack.
@@ -398,7 +400,9 @@ impl HeapProfiles {
             };
             // Hide the allocation machinery at the leaf end (all of it if nothing else).
             let skip = self.hidden_frames(&frames, symbols, objects);
-            let Some(s) = self.stacks.get(i) else { continue };
+            let Some(s) = self.stacks.get(i) else {
+                continue;
+            };
             let mut locations: Vec<u64> = frames
                 .iter()
                 .skip(skip)
