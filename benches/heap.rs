@@ -40,6 +40,15 @@ fn quick() -> bool {
     std::env::args().any(|a| a == "--quick")
 }
 
+/// Whether case `n` (1–4) runs: all of them unless `--only N` names one.
+fn runs_case(n: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        Some(i) => args.get(i + 1).is_some_and(|v| v == n),
+        None => true,
+    }
+}
+
 /// Runs case `case` in a child with `env`; returns its `RESULT` lines as key/value maps.
 fn run(case: &str, env: &[(&str, &str)]) -> Vec<std::collections::HashMap<String, f64>> {
     let dir = tempfile::tempdir().unwrap();
@@ -77,6 +86,21 @@ fn run(case: &str, env: &[(&str, &str)]) -> Vec<std::collections::HashMap<String
 
 fn parent() {
     let runs = if quick() { 1 } else { 3 };
+    if runs_case("1") {
+        accuracy_table(runs);
+    }
+    if runs_case("2") {
+        cost_table();
+    }
+    if runs_case("3") {
+        tracking_table();
+    }
+    if runs_case("4") {
+        soak_table();
+    }
+}
+
+fn accuracy_table(runs: usize) {
     println!("## 1. Accuracy (default interval, 512 KiB; {runs} run(s))\n");
     println!("| run | A alloc_space est / true | B alloc_space est / true | A inuse_space est / true | B inuse_space | samples | dropped |");
     println!("|---|---|---|---|---|---|---|");
@@ -98,7 +122,9 @@ fn parent() {
             r["dropped"],
         );
     }
+}
 
+fn cost_table() {
     println!(
         "\n## 2. Cost: 2 threads, allocation + free of 16–256 B, ns per pair (medians of rounds)\n"
     );
@@ -123,7 +149,9 @@ fn parent() {
             );
         }
     }
+}
 
+fn tracking_table() {
     println!("\n## 3. Tracking memory, 100,000 live sampled allocations of 64 B\n");
     let on = &run("tracking", &[("THREADPROF_HEAP_INTERVAL", "1")])[0];
     let off = &run("tracking", &[("THREADPROF_HEAP_INTERVAL", "0")])[0];
@@ -145,10 +173,12 @@ fn parent() {
         (on["rss_growth_kib"] - off["rss_growth_kib"]) / 1024.0,
         (on["rss_growth_kib"] - off["rss_growth_kib"]) * 1024.0 / on["live"].max(1.0)
     );
+}
 
+fn soak_table() {
     let secs = std::env::var("HEAP_SOAK_SECONDS")
         .unwrap_or_else(|_| if quick() { "3" } else { "10" }.to_owned());
-    println!("\n## 4. Soak: {secs} s of steady allocation (2 threads, 64 MiB live, churn)\n");
+    println!("\n## 4. Soak: {secs} s of steady allocation (2 threads, 100 MiB/s each, 16 B–64 KiB blocks written, 64 MiB live)\n");
     println!("| sampling | RSS after 1 s | RSS at the end | max RSS | samples | dropped | live sampled (end) | tracking (end) |");
     println!("|---|---|---|---|---|---|---|---|");
     for (label, interval) in [("512 KiB", "524288"), ("off", "0")] {
@@ -386,7 +416,8 @@ fn child_soak() {
     let watcher = std::thread::spawn(move || {
         let (mut at_1s, mut max, mut last) = (0.0f64, 0.0f64, (0.0, threadprof::stats()));
         let t0 = Instant::now();
-        while Instant::now() < deadline {
+        // Stops before the workers end (and free their live sets).
+        while Instant::now() + Duration::from_millis(300) < deadline {
             std::thread::sleep(Duration::from_millis(100));
             let r = rss_kib();
             max = max.max(r);
@@ -400,17 +431,25 @@ fn child_soak() {
     let workers: Vec<_> = (0..2u64)
         .map(|t| {
             threadprof::spawn(&format!("soak{t}"), move || {
-                // A steady live set of 32 MiB per thread, replaced piece by piece.
+                // A steady live set of 32 MiB per thread, replaced piece by piece, at about
+                // 100 MiB/s of writes per thread (a busy service, not a memset loop).
                 let mut live: Vec<Vec<u8>> = Vec::new();
                 let mut bytes = 0usize;
+                let mut total = 0usize;
+                let t0 = Instant::now();
                 let mut gen = sizes(100 + t);
                 while Instant::now() < deadline {
-                    let s = gen.next().unwrap_or(64);
-                    live.push(vec![0u8; s.min(64 << 10)]);
-                    bytes += s.min(64 << 10);
+                    let s = gen.next().unwrap_or(64).min(64 << 10);
+                    live.push(vec![1u8; s]);
+                    bytes += s;
+                    total += s;
                     while bytes > 32 * MIB {
                         let old = live.swap_remove(0);
                         bytes -= old.len();
+                    }
+                    let due = Duration::from_secs_f64(total as f64 / (100.0 * MIB as f64));
+                    if let Some(ahead) = due.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(ahead);
                     }
                 }
                 live.len()
