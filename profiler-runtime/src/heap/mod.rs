@@ -53,8 +53,12 @@
 //! warned once). The ring holds 4,096 events between drains (2.2 MiB mapped; drained every
 //! 100 ms); past that samples are dropped (`Stats::heap_dropped`, warned once). Both are
 //! mapped once with `mmap` at start, never through the global allocator, and never freed.
-//! The dump side keeps one record per live sampled allocation and one entry per distinct stack
-//! (as the CPU profiles do). `Stats::heap_tracking_bytes` adds it up.
+//! The unwind caches (two per core, at most 32) are built once at start, on a thread of their
+//! own. The dump side keeps one record per live sampled allocation and one entry per distinct
+//! stack (as the CPU profiles do), in the dump thread's ordinary memory: allocated through the
+//! global allocator, i.e. through this wrapper, which passes the dump thread's allocations
+//! through unsampled (the wrapper cannot name its inner allocator from the runtime, and
+//! nothing of it runs on the allocation path). `Stats::heap_tracking_bytes` adds it all up.
 //!
 //! # The allocation path, call by call
 //!
