@@ -5,6 +5,8 @@ use std::time::Duration;
 
 /// Name of the merged profile file.
 pub const MERGED_FILE: &str = "_merged.pb.gz";
+/// Name of the merged heap profile file.
+pub const MERGED_HEAP_FILE: &str = "_merged.heap.pb.gz";
 
 /// The configuration (feature off: the defaults, never used).
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +31,8 @@ pub struct Config {
     pub max_label_sets: usize,
     /// How much debug information names are read from (never used with the feature off).
     pub debuginfo: DebugInfo,
+    /// Mean bytes between heap samples (never used with the feature off).
+    pub heap_interval: u64,
 }
 
 /// How much debug information symbolization reads (no effect with the feature off).
@@ -116,6 +120,10 @@ impl ProfilerBuilder {
         self
     }
     /// No effect with the feature off.
+    pub fn heap_interval(self, _bytes: u64) -> Self {
+        self
+    }
+    /// No effect with the feature off.
     pub fn http_addr(self, _addr: impl Into<String>) -> Self {
         self
     }
@@ -149,6 +157,7 @@ impl ProfilerBuilder {
                 http_allow_unauthenticated: false,
                 max_label_sets: 1024,
                 debuginfo: DebugInfo::Auto,
+                heap_interval: 512 * 1024,
             },
         })
     }
@@ -230,11 +239,79 @@ pub struct Stats {
     pub open_windows: usize,
     /// Distinct label sets interned.
     pub label_sets: usize,
+    /// Heap: sampled allocations recorded.
+    pub heap_samples: u64,
+    /// Heap: sampled allocations lost (event ring full).
+    pub heap_dropped: u64,
+    /// Heap: allocations not sampled because their thread was recording one.
+    pub heap_skipped: u64,
+    /// Heap: sampled allocations counted in `alloc_*` only (live table full).
+    pub heap_untracked: u64,
+    /// Heap: live sampled allocations held.
+    pub heap_live: usize,
+    /// Heap: memory the heap tracking takes, in bytes.
+    pub heap_tracking_bytes: usize,
 }
 
 /// Always all zero.
 pub fn stats() -> Stats {
     Stats::default()
+}
+
+/// The global-allocator wrapper with the `enabled` feature off: every call goes straight to
+/// the inner allocator.
+#[cfg(feature = "heap")]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Allocator<A = std::alloc::System> {
+    inner: A,
+}
+
+#[cfg(feature = "heap")]
+impl Allocator<std::alloc::System> {
+    /// The wrapper around the system allocator.
+    pub const fn system() -> Allocator<std::alloc::System> {
+        Allocator {
+            inner: std::alloc::System,
+        }
+    }
+}
+
+#[cfg(feature = "heap")]
+impl<A> Allocator<A> {
+    /// The wrapper around `inner`.
+    pub const fn new(inner: A) -> Allocator<A> {
+        Allocator { inner }
+    }
+
+    /// The wrapped allocator.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+// SAFETY: every method forwards to the inner allocator with the caller's arguments.
+#[cfg(feature = "heap")]
+unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for Allocator<A> {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.alloc(layout) }
+    }
+    #[inline(always)]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.alloc_zeroed(layout) }
+    }
+    #[inline(always)]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+    #[inline(always)]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
 }
 
 /// Returns `fut` unchanged.

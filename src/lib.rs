@@ -79,8 +79,25 @@ pub use threadprof_macros::profiled;
 pub use threadprof_runtime::{
     enter, flush, labeled, live_threads, pprof, register_current_thread, run, shutdown, spawn,
     stats, task, with_labels, Config, DebugInfo, Profiled, Profiler, ProfilerBuilder, StartError,
-    Stats, ThreadGuard, ThreadInfo, MERGED_FILE,
+    Stats, ThreadGuard, ThreadInfo, MERGED_FILE, MERGED_HEAP_FILE,
 };
+
+/// A global allocator that samples allocations into heap profiles (cargo feature `heap`).
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOC: threadprof::Allocator = threadprof::Allocator::system();
+/// # fn main() {}
+/// ```
+///
+/// `Allocator::new(inner)` wraps another allocator (`threadprof::Allocator::new(mimalloc::MiMalloc)`);
+/// both constructors are `const fn`. About one allocation per `THREADPROF_HEAP_INTERVAL` bytes
+/// (default 512 KiB) is recorded with its stack, tag and labels, and every dump interval the
+/// runtime writes `{tag}.heap.pb.gz` and `_merged.heap.pb.gz` (Go's heap profile). With the
+/// `enabled` feature off it is a plain pass-through to the inner allocator.
+#[cfg(all(feature = "heap", feature = "enabled"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "heap")))]
+pub use threadprof_runtime::Allocator;
 
 /// The address the HTTP endpoint listens on, once bound (`http` feature).
 #[cfg(feature = "http")]
@@ -92,8 +109,14 @@ mod disabled;
 pub use disabled::{
     enter, flush, labeled, live_threads, register_current_thread, run, shutdown, spawn, stats,
     task, with_labels, Config, DebugInfo, Profiler, ProfilerBuilder, StartError, Stats,
-    ThreadGuard, ThreadInfo, MERGED_FILE,
+    ThreadGuard, ThreadInfo, MERGED_FILE, MERGED_HEAP_FILE,
 };
+
+/// A global allocator that samples allocations into heap profiles (cargo feature `heap`);
+/// with the `enabled` feature off, a plain pass-through to the inner allocator.
+#[cfg(all(feature = "heap", not(feature = "enabled")))]
+#[cfg_attr(docsrs, doc(cfg(feature = "heap")))]
+pub use disabled::Allocator;
 
 /// `tracing` spans as sample labels (`tracing` feature).
 ///
@@ -127,4 +150,8 @@ pub mod __private {
     /// The tag and labels of one `#[profiled]` function (a `static` in its expansion).
     #[cfg(feature = "enabled")]
     pub use threadprof_runtime::CallSite;
+
+    /// Test support for the heap sampler's reentrancy guard.
+    #[cfg(all(feature = "heap", feature = "enabled"))]
+    pub use threadprof_runtime::__set_heap_sample_hook;
 }

@@ -98,3 +98,27 @@ fn task_and_label_api_passes_through() {
     assert!(threadprof::live_threads().is_empty());
     assert_eq!(threadprof::stats(), threadprof::Stats::default());
 }
+
+// With `heap` on and `enabled` off (`cargo test -p threadprof --features heap --test
+// feature_off`), the wrapper exists, is `const`, and passes every call through.
+#[cfg(feature = "heap")]
+#[global_allocator]
+static ALLOC: threadprof::Allocator = threadprof::Allocator::system();
+
+#[cfg(feature = "heap")]
+#[test]
+fn the_heap_wrapper_passes_through() {
+    const AROUND_SYSTEM: threadprof::Allocator<std::alloc::System> =
+        threadprof::Allocator::new(std::alloc::System);
+    // Same size as what it wraps: no state of its own.
+    assert_eq!(std::mem::size_of_val(&AROUND_SYSTEM), 0);
+    let v: Vec<u64> = (0..100_000).collect();
+    assert_eq!(v.iter().sum::<u64>(), 4_999_950_000);
+    let p = threadprof::Profiler::builder()
+        .heap_interval(1)
+        .start()
+        .unwrap();
+    assert_eq!(p.config().heap_interval, 512 * 1024);
+    assert_eq!(threadprof::stats().heap_samples, 0);
+    assert_eq!(threadprof::MERGED_HEAP_FILE, "_merged.heap.pb.gz");
+}

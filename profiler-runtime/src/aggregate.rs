@@ -320,22 +320,7 @@ impl Aggregator {
             .unwrap_or_default();
         let elapsed = self.started.elapsed().unwrap_or_default();
         b.time(start.as_nanos() as i64, elapsed.as_nanos() as i64);
-        // Mappings of the objects this profile has addresses in, made at their first location;
-        // the main program's first, as readers show it as the profile's binary.
-        let mapping = |o: &LoadedObject| Mapping {
-            memory_start: o.text.start,
-            memory_limit: o.text.end,
-            file_offset: o.text_file_offset,
-            has_functions: true,
-            ..Mapping::default()
-        };
-        let mut mapping_ids: Vec<Option<u64>> = objects
-            .iter()
-            .map(|o| {
-                o.is_main
-                    .then(|| b.mapping(mapping(o), &o.path, &o.build_id))
-            })
-            .collect();
+        let mut places = Locations::new(&mut b, objects);
         let truncated_frame = [FrameInfo {
             name: "[truncated stack]".into(),
             file: None,
@@ -371,17 +356,7 @@ impl Aggregator {
                 let mut locations: Vec<u64> = key
                     .frames
                     .iter()
-                    .map(|&addr| {
-                        let mapping_id = match objects.iter().position(|o| o.text.contains(&addr)) {
-                            Some(i) => *mapping_ids[i].get_or_insert_with(|| {
-                                let o = &objects[i];
-                                b.mapping(mapping(o), &o.path, &o.build_id)
-                            }),
-                            None => 0,
-                        };
-                        let frames = symbols.resolve(addr, objects);
-                        b.location(mapping_id, addr, &frames)
-                    })
+                    .map(|&addr| places.location(&mut b, symbols, addr))
                     .collect();
                 if key.truncated {
                     locations.push(b.location(0, 0, &truncated_frame));
@@ -431,5 +406,94 @@ impl Aggregator {
             b.comment(&format!("dropped_samples={dropped}"));
         }
         b.finish()
+    }
+}
+
+/// The mappings and locations of a profile being built, shared by the CPU and heap profiles
+/// so that both name addresses and objects the same way: one mapping per loaded object, made
+/// at its first location (the main program's first, as readers show it as the profile's
+/// binary), and every address named through the symbolizer.
+pub(crate) struct Locations<'o> {
+    objects: &'o [LoadedObject],
+    mapping_ids: Vec<Option<u64>>,
+}
+
+impl<'o> Locations<'o> {
+    pub(crate) fn new(b: &mut ProfileBuilder, objects: &'o [LoadedObject]) -> Locations<'o> {
+        let mapping_ids = objects
+            .iter()
+            .map(|o| {
+                o.is_main
+                    .then(|| b.mapping(Self::mapping(o), &o.path, &o.build_id))
+            })
+            .collect();
+        Locations {
+            objects,
+            mapping_ids,
+        }
+    }
+
+    fn mapping(o: &LoadedObject) -> Mapping {
+        Mapping {
+            memory_start: o.text.start,
+            memory_limit: o.text.end,
+            file_offset: o.text_file_offset,
+            has_functions: true,
+            ..Mapping::default()
+        }
+    }
+
+    /// The location id of `addr` (a frame lookup address), named and mapped.
+    pub(crate) fn location(
+        &mut self,
+        b: &mut ProfileBuilder,
+        symbols: &mut Symbolizer,
+        addr: u64,
+    ) -> u64 {
+        let objects = self.objects;
+        let mapping_id = match objects.iter().position(|o| o.text.contains(&addr)) {
+            Some(i) => match (self.mapping_ids.get_mut(i), objects.get(i)) {
+                (Some(id), Some(o)) => {
+                    *id.get_or_insert_with(|| b.mapping(Self::mapping(o), &o.path, &o.build_id))
+                }
+                _ => 0,
+            },
+            None => 0,
+        };
+        let frames = symbols.resolve(addr, objects);
+        b.location(mapping_id, addr, &frames)
+    }
+
+    /// As [`Self::location`], with the address's leading (innermost) inline frames whose name
+    /// `hide` accepts left out, unless that would leave none (heap profiles hide the
+    /// allocation machinery this way).
+    #[cfg_attr(not(all(feature = "heap", threadprof_sampling)), allow(dead_code))]
+    pub(crate) fn location_hiding(
+        &mut self,
+        b: &mut ProfileBuilder,
+        symbols: &mut Symbolizer,
+        addr: u64,
+        hide: &dyn Fn(&str) -> bool,
+    ) -> u64 {
+        let frames = symbols.resolve(addr, self.objects);
+        let skip = frames
+            .iter()
+            .take_while(|f| hide(&f.name))
+            .count()
+            .min(frames.len().saturating_sub(1));
+        if skip == 0 {
+            return self.location(b, symbols, addr);
+        }
+        let objects = self.objects;
+        let mapping_id = match objects.iter().position(|o| o.text.contains(&addr)) {
+            Some(i) => match (self.mapping_ids.get_mut(i), objects.get(i)) {
+                (Some(id), Some(o)) => {
+                    *id.get_or_insert_with(|| b.mapping(Self::mapping(o), &o.path, &o.build_id))
+                }
+                _ => 0,
+            },
+            None => 0,
+        };
+        b.location(mapping_id, addr, frames.get(skip..).unwrap_or_default())
     }
 }

@@ -21,6 +21,10 @@ pub const MAX_FREQUENCY: u32 = 1000;
 pub const DEFAULT_MAX_LABEL_SETS: usize = 1024;
 /// Highest accepted bound on distinct label sets.
 pub const MAX_LABEL_SETS: usize = 1 << 20;
+/// Default mean number of bytes between heap samples (512 KiB, as Go and tcmalloc).
+pub const DEFAULT_HEAP_INTERVAL: u64 = 512 * 1024;
+/// Largest accepted heap sampling interval (1 TiB).
+pub const MAX_HEAP_INTERVAL: u64 = 1 << 40;
 /// Longest accepted dump interval (one day).
 pub const MAX_DUMP_INTERVAL: Duration = Duration::from_secs(86_400);
 
@@ -53,6 +57,7 @@ pub const ENV_VARS: &[&str] = &[
     "THREADPROF_HTTP_ALLOW_UNAUTHENTICATED",
     "THREADPROF_MAX_LABEL_SETS",
     "THREADPROF_DEBUGINFO",
+    "THREADPROF_HEAP_INTERVAL",
 ];
 
 /// The prefix the variables had before the crate was named `threadprof`. Such a variable is
@@ -98,6 +103,10 @@ pub struct Config {
     pub max_label_sets: usize,
     /// How much debug information symbolization reads (default [`DebugInfo::Auto`]).
     pub debuginfo: DebugInfo,
+    /// Mean bytes allocated between two heap samples (cargo feature `heap`, with
+    /// `threadprof::Allocator` as the global allocator); 0 turns heap sampling off. Default
+    /// 512 KiB.
+    pub heap_interval: u64,
 }
 
 impl Default for Config {
@@ -113,6 +122,7 @@ impl Default for Config {
             http_allow_unauthenticated: false,
             max_label_sets: DEFAULT_MAX_LABEL_SETS,
             debuginfo: DebugInfo::Auto,
+            heap_interval: DEFAULT_HEAP_INTERVAL,
         }
     }
 }
@@ -130,6 +140,7 @@ pub(crate) struct Requested {
     pub http_allow_unauthenticated: Option<bool>,
     pub max_label_sets: Option<usize>,
     pub debuginfo: Option<DebugInfo>,
+    pub heap_interval: Option<u64>,
 }
 
 /// Where a value came from, for warnings.
@@ -197,6 +208,19 @@ fn check_label_sets(source: Source, n: usize) -> usize {
         )
     } else {
         n
+    }
+}
+
+fn check_heap_interval(source: Source, bytes: u64) -> u64 {
+    if bytes > MAX_HEAP_INTERVAL {
+        fallback(
+            source,
+            &bytes.to_string(),
+            "must be at most 1099511627776 bytes (1 TiB)",
+            DEFAULT_HEAP_INTERVAL,
+        )
+    } else {
+        bytes
     }
 }
 
@@ -274,6 +298,9 @@ impl Config {
         if let Some(n) = req.max_label_sets {
             c.max_label_sets = check_label_sets(Source::Builder("max_label_sets"), n);
         }
+        if let Some(n) = req.heap_interval {
+            c.heap_interval = check_heap_interval(Source::Builder("heap_interval"), n);
+        }
 
         if let Some(v) = env("THREADPROF_ENABLED") {
             let src = Source::Env("THREADPROF_ENABLED");
@@ -337,6 +364,18 @@ impl Config {
                 "auto" => DebugInfo::Auto,
                 "on" | "1" | "yes" | "true" => DebugInfo::On,
                 _ => fallback(src, &v, "expected off, auto or on", DebugInfo::Auto),
+            };
+        }
+        if let Some(v) = env("THREADPROF_HEAP_INTERVAL") {
+            let src = Source::Env("THREADPROF_HEAP_INTERVAL");
+            c.heap_interval = match v.trim().parse::<u64>() {
+                Ok(n) => check_heap_interval(src, n),
+                Err(_) => fallback(
+                    src,
+                    &v,
+                    "not a whole number of bytes",
+                    DEFAULT_HEAP_INTERVAL,
+                ),
             };
         }
         // An empty variable beside a token set in code: the code's token stays in force.
@@ -447,6 +486,10 @@ mod tests {
             let c = with_env(&[("THREADPROF_MAX_LABEL_SETS", bad)]);
             assert_eq!(c.max_label_sets, DEFAULT_MAX_LABEL_SETS, "{bad}");
         }
+        for bad in ["-1", "512k", "1.5", "", "1099511627777"] {
+            let c = with_env(&[("THREADPROF_HEAP_INTERVAL", bad)]);
+            assert_eq!(c.heap_interval, DEFAULT_HEAP_INTERVAL, "{bad}");
+        }
     }
 
     #[test]
@@ -458,7 +501,13 @@ mod tests {
             ("THREADPROF_WALL_FREQUENCY", "0"),
             ("THREADPROF_MAX_LABEL_SETS", "16"),
             ("THREADPROF_DEBUGINFO", "On"),
+            ("THREADPROF_HEAP_INTERVAL", "0"),
         ]);
+        assert_eq!(c.heap_interval, 0);
+        assert_eq!(
+            with_env(&[("THREADPROF_HEAP_INTERVAL", " 65536 ")]).heap_interval,
+            65536
+        );
         assert!(!c.enabled);
         assert_eq!(c.max_label_sets, 16);
         assert_eq!(c.debuginfo, DebugInfo::On);
@@ -473,9 +522,11 @@ mod tests {
             frequency: Some(0),
             dump_interval: Some(Duration::ZERO),
             wall_frequency: Some(5000),
+            heap_interval: Some(u64::MAX),
             ..Requested::default()
         };
         let c = Config::resolve(&req, |_| None);
+        assert_eq!(c.heap_interval, DEFAULT_HEAP_INTERVAL);
         assert_eq!(c.frequency, DEFAULT_FREQUENCY);
         assert_eq!(c.dump_interval, DEFAULT_DUMP_INTERVAL);
         assert_eq!(c.wall_frequency, 0);

@@ -26,6 +26,29 @@ use crate::symbolize::Symbolizer;
 
 /// Name of the profile of all tags together.
 pub const MERGED_FILE: &str = "_merged.pb.gz";
+/// Name of the heap profile of all tags together (cargo feature `heap`); per tag,
+/// `{tag}.heap.pb.gz`.
+pub const MERGED_HEAP_FILE: &str = "_merged.heap.pb.gz";
+
+/// The dump side of heap profiles, where heap sampling is built in.
+#[cfg(all(feature = "heap", threadprof_sampling))]
+type Heap = crate::heap::profile::HeapProfiles;
+#[cfg(all(feature = "heap", threadprof_sampling))]
+pub(crate) use crate::heap::profile::HeapDefault;
+
+/// Stand-in where heap sampling is not built in: there are never heap samples.
+#[cfg(not(all(feature = "heap", threadprof_sampling)))]
+mod no_heap {
+    /// Which figure a reader shows first (unused without heap sampling).
+    #[derive(Clone, Copy, Debug)]
+    #[allow(dead_code)]
+    pub(crate) enum HeapDefault {
+        InUse,
+        Alloc,
+    }
+}
+#[cfg(not(all(feature = "heap", threadprof_sampling)))]
+pub(crate) use no_heap::HeapDefault;
 
 /// How the dumps went, readable from any thread (`threadprof::stats`).
 #[derive(Default)]
@@ -72,6 +95,10 @@ pub(crate) enum Command {
     /// Samples so far per tag name.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     Counts(Sender<Vec<(String, u64)>>),
+    /// The heap profile of one tag id, or of all tags; `None` when heap profiling is not in
+    /// use (no `heap` feature, another global allocator, or `THREADPROF_HEAP_INTERVAL=0`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    Heap(Option<u32>, HeapDefault, Sender<Option<Profile>>),
     /// A thread unregistered: drain its ring now so that its slot can serve the next thread.
     Retired,
 }
@@ -98,6 +125,9 @@ struct DumpState {
     seen_objects: Vec<LoadedObject>,
     /// The loader's generation `seen_objects` was last updated at.
     seen_generation: Option<objects::Generation>,
+    /// Heap profiles, when heap sampling runs.
+    #[cfg(all(feature = "heap", threadprof_sampling))]
+    heap: Option<Heap>,
 }
 
 impl DumpLoop {
@@ -119,10 +149,18 @@ impl DumpLoop {
             windows: std::collections::HashMap::new(),
             seen_objects: Vec::new(),
             seen_generation: None,
+            #[cfg(all(feature = "heap", threadprof_sampling))]
+            heap: (rt.sampling && rt.config.heap_interval > 0)
+                .then(|| Heap::new(rt.config.heap_interval, rt.started)),
         };
         let thread = std::thread::Builder::new()
             .name("threadprof-dump".into())
-            .spawn(move || state.run(rx))?;
+            .spawn(move || {
+                // Its own allocations would feed the heap profiles it builds.
+                #[cfg(feature = "heap")]
+                crate::heap::exclude_current_thread();
+                state.run(rx)
+            })?;
         Ok(DumpLoop {
             commands: tx,
             thread: Some(thread),
@@ -177,8 +215,12 @@ impl DumpState {
             };
             if matches!(command, Some(Command::Retired)) {
                 // Cheap path, possibly thousands of times a second under thread churn: only
-                // the ended threads' rings, not a full tick.
-                self.guarded("retire", |s| s.drain_retired(&mut DrainStats::default()));
+                // the ended threads' rings, not a full tick. Heap events first, while the
+                // ended threads' names are still known.
+                self.guarded("retire", |s| {
+                    s.drain_heap();
+                    s.drain_retired(&mut DrainStats::default())
+                });
                 if Instant::now() < next_drain.min(next_dump) {
                     continue;
                 }
@@ -252,6 +294,9 @@ impl DumpState {
             Command::Counts(reply) => {
                 let counts = self.aggregator.sample_counts();
                 let _ = reply.send(counts.into_iter().map(|(id, n)| (name(id), n)).collect());
+            }
+            Command::Heap(tag, default, reply) => {
+                let _ = reply.send(self.heap_profile(tag, default));
             }
             Command::Flush(_) | Command::Stop | Command::Retired => {}
         }
@@ -335,6 +380,8 @@ impl DumpState {
                  one process)",
             );
         }
+        // Heap events first, while the names of threads that ended are still known.
+        self.drain_heap();
         let mut stats = DrainStats::default();
         self.drain_retired(&mut stats);
         let live = if every_thread {
@@ -378,11 +425,70 @@ impl DumpState {
         self.rt.registry.add_credited(found.credited);
     }
 
+    /// Drains the heap event ring (when heap sampling runs) and logs what it lost, once.
+    fn drain_heap(&mut self) {
+        #[cfg(all(feature = "heap", threadprof_sampling))]
+        if let Some(heap) = &mut self.heap {
+            let rt = self.rt;
+            heap.drain(&|tid| thread_name(rt, tid));
+            for (key, message) in heap.warnings() {
+                warn(key, &message);
+            }
+        }
+    }
+
+    /// Whether heap profiles are written: heap sampling runs and the wrapper saw allocations.
+    fn heap_in_use(&self) -> bool {
+        #[cfg(all(feature = "heap", threadprof_sampling))]
+        return self.heap.is_some() && crate::heap::in_use();
+        #[cfg(not(all(feature = "heap", threadprof_sampling)))]
+        false
+    }
+
+    /// Tag ids with heap samples (empty when heap profiles are not in use).
+    fn heap_tags(&self) -> Vec<u32> {
+        #[cfg(all(feature = "heap", threadprof_sampling))]
+        if self.heap_in_use() {
+            return self
+                .heap
+                .as_ref()
+                .map(Heap::tags_with_samples)
+                .unwrap_or_default();
+        }
+        Vec::new()
+    }
+
+    /// The heap profile of `only` (a tag id) or all tags, if heap profiles are in use. Heap
+    /// samples of unregistered threads are under the tag `untagged`.
+    fn heap_profile(&mut self, only: Option<u32>, default: HeapDefault) -> Option<Profile> {
+        #[cfg(all(feature = "heap", threadprof_sampling))]
+        if self.heap_in_use() {
+            self.drain_heap();
+            let objects = self.objects_for_names();
+            let untagged = self.rt.registry.intern_tag(crate::tag::UNTAGGED);
+            let names = RuntimeNames(self.rt);
+            let heap = self.heap.as_mut()?;
+            return Some(heap.build_profile(
+                only,
+                default,
+                untagged,
+                &names,
+                &mut self.symbols,
+                &objects,
+            ));
+        }
+        let _ = (only, default);
+        None
+    }
+
     fn write_all(&mut self) {
         let started = Instant::now();
-        let dir = &self.rt.config.output_dir;
+        let dir = self.rt.config.output_dir.clone();
+        let dir = dir.as_path();
         let tags = self.aggregator.tags_with_samples();
-        if tags.is_empty() {
+        let heap_tags = self.heap_tags();
+        let heap = self.heap_in_use();
+        if tags.is_empty() && !heap {
             log::trace!("profile dump skipped: no samples yet");
             return;
         }
@@ -400,22 +506,49 @@ impl DumpState {
         let objects = self.objects_for_names();
         // Every address of every file, resolved in one pass per object (not once per file).
         self.symbols.prepare(self.aggregator.addresses(), &objects);
+        #[cfg(all(feature = "heap", threadprof_sampling))]
+        if let Some(h) = self.heap.as_ref().filter(|_| heap) {
+            self.symbols.prepare(h.addresses(), &objects);
+        }
         let names = RuntimeNames(self.rt);
         let name = |id: u32| names.tag(id);
-        let mut files: Vec<(String, Option<u32>)> = tags
-            .iter()
-            .map(|&id| (format!("{}.pb.gz", name(id)), Some(id)))
-            .collect();
-        files.push((MERGED_FILE.to_owned(), None));
+        let mut files: Vec<(String, Option<u32>, bool)> = Vec::new();
+        if !tags.is_empty() {
+            files.extend(
+                tags.iter()
+                    .map(|&id| (format!("{}.pb.gz", name(id)), Some(id), false)),
+            );
+            files.push((MERGED_FILE.to_owned(), None, false));
+        }
+        if heap {
+            let untagged = self.rt.registry.intern_tag(crate::tag::UNTAGGED);
+            let mut ids: Vec<u32> = heap_tags
+                .iter()
+                .map(|&id| if id == u32::MAX { untagged } else { id })
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            files.extend(
+                ids.into_iter()
+                    .map(|id| (format!("{}.heap.pb.gz", name(id)), Some(id), true)),
+            );
+            files.push((MERGED_HEAP_FILE.to_owned(), None, true));
+        }
         let total = files.len();
         let mut failures: Vec<String> = Vec::new();
-        for (file, only) in files {
+        for (file, only, is_heap) in files {
             if INJECT_PANIC.swap(false, Ordering::SeqCst) {
                 panic!("injected dump panic (test hook)");
             }
-            let profile =
+            let profile = if is_heap {
+                match self.heap_profile(only, HeapDefault::InUse) {
+                    Some(p) => p,
+                    None => continue,
+                }
+            } else {
                 self.aggregator
-                    .to_profile(only, View::All, &names, &mut self.symbols, &objects);
+                    .to_profile(only, View::All, &names, &mut self.symbols, &objects)
+            };
             let result = encode_gz(&profile).and_then(|bytes| write_atomic(dir, &file, &bytes));
             if let Err(e) = result {
                 failures.push(format!("{file}: {e}"));
@@ -446,6 +579,20 @@ impl DumpState {
             self.symbols.len()
         );
     }
+}
+
+/// The name of OS thread `tid`: a registered thread's, else the kernel's (`comm`, 15 bytes at
+/// most), else `tid-N` for a thread that has ended.
+#[cfg(all(feature = "heap", threadprof_sampling))]
+fn thread_name(rt: &Runtime, tid: i32) -> String {
+    if let Some(name) = rt.registry.thread_name_of(i64::from(tid)) {
+        return name;
+    }
+    fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("tid-{tid}"))
 }
 
 /// Writes `bytes` to `dir/name` atomically: temporary file in `dir`, then rename over the old

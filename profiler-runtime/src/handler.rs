@@ -58,7 +58,6 @@ use crate::buffer::{RecordWriter, SampleKind, StackEnd};
 use crate::slot::{ThreadSlot, CURRENT_SLOT};
 use crate::stackread::StackReader;
 use crate::unwind::{Cache, UnwinderUse};
-use framehop::{FrameAddress, Unwinder as _};
 
 /// `sigev_value` of CPU-time timers.
 pub(crate) const TIMER_CPU: usize = 1;
@@ -338,13 +337,12 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// Writes frame lookup addresses (leaf first) into `record`; returns true if the stack was
-/// deeper than the record holds. Memory reads go through `reader`, which cannot fault. A
-/// return into the signal return trampoline is a kernel signal frame (the thread was running
-/// a signal handler): the walk goes on from the registers saved in it.
+/// deeper than the record holds. Memory reads go through `reader`, which cannot fault; the
+/// walk itself (signal frames included) is `unwind::walk`, shared with the heap sampler.
 fn unwind(
     code: &UnwinderUse,
     pc: u64,
-    mut regs: framehop::UnwindRegsNative,
+    regs: framehop::UnwindRegsNative,
     reader: &mut StackReader,
     cache: &mut Cache,
     record: &mut RecordWriter<'_>,
@@ -353,54 +351,14 @@ fn unwind(
         record.push(pc);
         return false;
     };
-    let trampoline = crate::unwind::sigreturn();
-    let mut read = |addr: u64| reader.read_u64(addr);
-    let mut address = FrameAddress::from_instruction_pointer(pc);
-    loop {
-        if !record.push(address.address_for_lookup()) {
-            return true;
-        }
-        let next = match map
-            .unwinder
-            .unwind_frame(address, &mut regs, cache, &mut read)
-        {
-            Ok(Some(ra)) => ra,
-            _ => return false,
-        };
-        if next == trampoline && trampoline != 0 {
-            let Some((ip, sp, bp)) = signal_frame(regs.sp(), &mut read) else {
-                return false;
-            };
-            regs = framehop::UnwindRegsNative::new(ip, sp, bp);
-            address = FrameAddress::from_instruction_pointer(ip);
-        } else {
-            match FrameAddress::from_return_address(next) {
-                Some(a) => address = a,
-                None => return false,
-            }
-        }
-    }
-}
-
-/// The interrupted `(ip, sp, bp)` saved in the kernel's signal frame whose `ucontext` starts at
-/// `uc` (the stack pointer after returning into the trampoline), read through `read`.
-#[cfg(target_arch = "x86_64")]
-fn signal_frame(uc: u64, read: &mut impl FnMut(u64) -> Result<u64, ()>) -> Option<(u64, u64, u64)> {
-    let gregs = uc.checked_add(std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64)?;
-    let reg = |r: c_int| gregs.checked_add(r as u64 * 8);
-    let ip = read(reg(libc::REG_RIP)?).ok()?;
-    let sp = read(reg(libc::REG_RSP)?).ok()?;
-    let bp = read(reg(libc::REG_RBP)?).ok()?;
-    Some((ip, sp, bp))
-}
-
-/// Not followed on aarch64 (the trampoline is not recorded there): the walk ends.
-#[cfg(target_arch = "aarch64")]
-fn signal_frame(
-    _uc: u64,
-    _read: &mut impl FnMut(u64) -> Result<u64, ()>,
-) -> Option<(u64, u64, u64)> {
-    None
+    crate::unwind::walk(
+        map,
+        pc,
+        regs,
+        &mut |addr| reader.read_u64(addr),
+        cache,
+        &mut |addr| record.push(addr),
+    )
 }
 
 /// Program counter, framehop registers and stack pointer of the interrupted code.

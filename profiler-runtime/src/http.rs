@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::aggregate::View;
 use crate::diagnostics::error;
-use crate::dump::Command;
+use crate::dump::{Command, HeapDefault};
 use crate::pprof::{encode_gz, Profile};
 use crate::runtime::Runtime;
 
@@ -133,6 +133,8 @@ pub(crate) fn serve(rt: &'static Runtime, addr: &str, commands: Sender<Command>)
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    #[cfg(feature = "heap")]
+    crate::heap::exclude_current_thread();
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
@@ -163,6 +165,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let spawned = std::thread::Builder::new()
             .name("threadprof-http-conn".into())
             .spawn(move || {
+                #[cfg(feature = "heap")]
+                crate::heap::exclude_current_thread();
                 let mut stream = stream;
                 if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     handle(&mut stream, &conn_shared)
@@ -479,11 +483,16 @@ fn handle(stream: &mut TcpStream, shared: &Shared) {
              THREADPROF_WALL_FREQUENCY=99",
         ),
         "/debug/fgprof" => window(stream, shared, query, View::Wall, false),
+        "/debug/pprof/heap" => heap(stream, shared, query, HeapDefault::InUse, "heap"),
+        "/debug/pprof/allocs" => heap(stream, shared, query, HeapDefault::Alloc, "allocs"),
         _ => match path
             .strip_prefix("/profiles/")
             .and_then(|f| f.strip_suffix(".pb.gz"))
         {
-            Some(name) => cumulative(stream, shared, name),
+            Some(name) => match name.strip_suffix(".heap") {
+                Some(tag) => heap_file(stream, shared, tag),
+                None => cumulative(stream, shared, name),
+            },
             None => error_response(stream, 404, &format!("no such path: {path}")),
         },
     }
@@ -665,6 +674,53 @@ fn cumulative(stream: &mut TcpStream, shared: &Shared, name: &str) {
     }
 }
 
+/// Why there is no heap profile to serve.
+const NO_HEAP: &str = "heap profiling is not in use: build with the cargo feature `heap`, make \
+                       `threadprof::Allocator` the #[global_allocator], and leave \
+                       THREADPROF_HEAP_INTERVAL above 0";
+
+/// `/debug/pprof/heap` and `/debug/pprof/allocs` (`?tag=T` for one tag): the heap profile now,
+/// as Go serves it (`inuse_space` or `alloc_space` shown first). Go's `gc` and `debug`
+/// parameters are ignored.
+fn heap(stream: &mut TcpStream, shared: &Shared, query: &str, default: HeapDefault, name: &str) {
+    let tag = match query_param(query, "tag") {
+        None => None,
+        Some(t) => match tag_id(shared, &t) {
+            Some(id) => Some(id),
+            None => return error_response(stream, 400, &format!("unknown tag {t:?}")),
+        },
+    };
+    match ask(shared, |tx| Command::Heap(tag, default, tx), ANSWER_TIMEOUT) {
+        Some(Some(p)) => send_profile(stream, &p, name),
+        Some(None) => error_response(stream, 404, NO_HEAP),
+        None => error_response(stream, 503, "the profiler is shutting down or stopped"),
+    }
+}
+
+/// `/profiles/{tag}.heap.pb.gz` and `/profiles/_merged.heap.pb.gz`: as the dump files.
+fn heap_file(stream: &mut TcpStream, shared: &Shared, name: &str) {
+    let tag = if name == "_merged" {
+        None
+    } else {
+        match tag_id(shared, name) {
+            Some(id) => Some(id),
+            None => {
+                return error_response(stream, 404, &format!("no heap profile for tag {name:?}"))
+            }
+        }
+    };
+    let file = format!("{name}.heap");
+    match ask(
+        shared,
+        |tx| Command::Heap(tag, HeapDefault::InUse, tx),
+        ANSWER_TIMEOUT,
+    ) {
+        Some(Some(p)) => send_profile(stream, &p, &file),
+        Some(None) => error_response(stream, 404, NO_HEAP),
+        None => error_response(stream, 503, "the profiler is shutting down or stopped"),
+    }
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -684,7 +740,8 @@ fn index(stream: &mut TcpStream, shared: &Shared) {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>threadprof</title></head><body>\
          <h1>threadprof</h1><p><a href=\"/debug/pprof/profile?seconds=30\">CPU profile, next 30 s (all tags)</a> · \
          {wall_link}<a href=\"/debug/pprof/flamegraph?seconds=10\">flame graph, next 10 s</a> · \
-         <a href=\"/profiles/_merged.pb.gz\">cumulative, all tags</a></p>\
+         <a href=\"/profiles/_merged.pb.gz\">cumulative, all tags</a> · \
+         <a href=\"/debug/pprof/heap\">heap (feature heap)</a></p>\
          <table border=\"1\" cellpadding=\"4\"><tr><th>tag</th><th>samples so far</th><th>live threads</th><th>links</th></tr>",
     );
     for tag in shared.rt.registry.tag_names() {

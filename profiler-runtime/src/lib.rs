@@ -24,7 +24,10 @@
 //! `aggregate.rs`, resolves names with `symbolize.rs` and writes files; `runtime.rs` starts and
 //! stops it all. `task.rs` switches a thread's tag and labels around a future's polls and label
 //! scopes, `labels.rs` interns label sets (the handler copies only their ids), and `spans.rs`
-//! (feature `tracing`) turns entered `tracing` spans into labels.
+//! (feature `tracing`) turns entered `tracing` spans into labels. `heap/` (feature `heap`) is
+//! the global-allocator wrapper [`Allocator`]: the allocation path (`heap/mod.rs`), its live
+//! table and event ring, the stack walk of a sampled allocation (`heap/capture.rs`, through
+//! `unwind.rs` and `stackread.rs`), and the dump thread's heap profiles (`heap/profile.rs`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(threadprof_sampling), allow(dead_code))]
@@ -48,6 +51,8 @@ mod diagnostics;
 mod dump;
 #[cfg(threadprof_sampling)]
 mod handler;
+#[cfg(feature = "heap")]
+mod heap;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "enabled")]
@@ -80,7 +85,10 @@ mod unwind;
 #[cfg(feature = "enabled")]
 pub use config::{Config, DebugInfo};
 #[cfg(feature = "enabled")]
-pub use dump::{__inject_dump_panic, MERGED_FILE};
+pub use dump::{__inject_dump_panic, MERGED_FILE, MERGED_HEAP_FILE};
+#[cfg(feature = "heap")]
+#[cfg_attr(docsrs, doc(cfg(feature = "heap")))]
+pub use heap::{__set_sample_hook as __set_heap_sample_hook, Allocator};
 #[cfg(feature = "http")]
 pub use http::local_addr as http_local_addr;
 #[cfg(feature = "enabled")]

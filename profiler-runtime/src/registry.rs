@@ -717,4 +717,18 @@ impl Registry {
             t.timers = None;
         }
     }
+
+    /// The name of registered thread `tid`, live or ended but not yet drained (heap profiles
+    /// name their threads with it).
+    #[cfg(feature = "heap")]
+    pub(crate) fn thread_name_of(&self, tid: i64) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .threads
+            .values()
+            .map(|t| &t.record)
+            .chain(inner.retired.iter())
+            .find(|r| r.tid == tid)
+            .map(|r| r.name.clone())
+    }
 }

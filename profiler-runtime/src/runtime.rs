@@ -156,6 +156,14 @@ impl ProfilerBuilder {
         self
     }
 
+    /// Mean bytes allocated between two heap samples (default 512 KiB; 0 turns heap sampling
+    /// off; at most 1 TiB). Only used with the cargo feature `heap` and
+    /// `threadprof::Allocator` as the global allocator. `THREADPROF_HEAP_INTERVAL` overrides it.
+    pub fn heap_interval(mut self, bytes: u64) -> Self {
+        self.req.heap_interval = Some(bytes);
+        self
+    }
+
     /// Whether to profile at all (default true). When false, registration is one atomic load.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.req.enabled = Some(enabled);
@@ -201,6 +209,10 @@ fn start_locked(config: Config) -> Result<(), StartError> {
     };
     #[cfg(threadprof_sampling)]
     crate::unwind::refresh();
+    #[cfg(feature = "heap")]
+    if sampling && config.heap_interval > 0 {
+        crate::heap::start(config.heap_interval);
+    }
     let rt = Runtime {
         registry: Registry::new(&config, sampling),
         labels: crate::labels::LabelSets::new(config.max_label_sets),
@@ -375,6 +387,23 @@ pub struct Stats {
     /// Distinct label sets interned (at most `THREADPROF_MAX_LABEL_SETS`; see
     /// [`ProfilerBuilder::max_label_sets`]).
     pub label_sets: usize,
+    /// Heap: sampled allocations recorded (cargo feature `heap`; 0 without it).
+    pub heap_samples: u64,
+    /// Heap: sampled allocations lost because the event ring was full between two drains of
+    /// the dump thread (or, rarely, every unwind cache was busy). Warned once.
+    pub heap_dropped: u64,
+    /// Heap: allocations made while their thread was already recording a sample (the
+    /// reentrancy guard was held), not sampled.
+    pub heap_skipped: u64,
+    /// Heap: sampled allocations the live table had no room for: they count in `alloc_*`, not
+    /// in `inuse_*`. Warned once.
+    pub heap_untracked: u64,
+    /// Heap: sampled allocations the dump thread holds as live (as of its last drain; freed
+    /// ones leave at the next check).
+    pub heap_live: usize,
+    /// Heap: memory the heap tracking takes, in bytes: the live table and event ring (mapped;
+    /// resident as they are written), the unwind caches, and the dump thread's records.
+    pub heap_tracking_bytes: usize,
 }
 
 /// The profiler's counters now (all zero before the runtime starts).
@@ -395,5 +424,25 @@ pub fn stats() -> Stats {
         failed_dumps: rt.dumps.failed.load(Ordering::Relaxed),
         open_windows: rt.dumps.open_windows.load(Ordering::Relaxed),
         label_sets: rt.labels.len(),
+        ..heap_stats()
     }
+}
+
+/// The heap fields of [`Stats`].
+fn heap_stats() -> Stats {
+    #[cfg(feature = "heap")]
+    {
+        let h = crate::heap::counts();
+        Stats {
+            heap_samples: h.samples,
+            heap_dropped: h.dropped,
+            heap_skipped: h.skipped,
+            heap_untracked: h.untracked,
+            heap_live: h.live,
+            heap_tracking_bytes: h.tracking_bytes,
+            ..Stats::default()
+        }
+    }
+    #[cfg(not(feature = "heap"))]
+    Stats::default()
 }

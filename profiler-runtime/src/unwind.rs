@@ -5,12 +5,17 @@
 //! frame pointers) and publishes it through an atomic pointer. When objects are loaded or
 //! unloaded it builds a new one, swaps it in, waits until no handler is still using the old one
 //! (a count of handlers in flight), and frees it.
+//!
+//! [`walk`] is the unwind loop itself, shared by the signal handler (handler.rs) and the heap
+//! sampler (heap/capture.rs); both hand it a read function that cannot fault.
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use framehop::{ExplicitModuleSectionInfo, MustNotAllocateDuringUnwind, Unwinder as _};
+use framehop::{
+    ExplicitModuleSectionInfo, FrameAddress, MustNotAllocateDuringUnwind, Unwinder as _,
+};
 
 use crate::objects::{self, Generation};
 
@@ -160,6 +165,72 @@ pub(crate) fn refresh() {
     // SAFETY: `old` came from Box::into_raw, is no longer reachable through CURRENT, and no
     // handler holds it (IN_FLIGHT was zero after the swap).
     drop(unsafe { Box::from_raw(old) });
+}
+
+/// Walks the stack from `pc` and `regs`, passing each frame's lookup address (leaf first) to
+/// `push` until it returns false; returns true then (the stack was deeper than the caller
+/// keeps), false when the walk ended by itself. Every memory read goes through `read`. A
+/// return into the signal return trampoline is a kernel signal frame (the thread was running
+/// a signal handler): the walk goes on from the registers saved in it.
+///
+/// Async-signal-safe when `read` and `push` are: framehop evaluates the unwind rules with
+/// fixed-size storage in `cache`, no allocation, no lock.
+#[inline]
+pub(crate) fn walk(
+    map: &CodeMap,
+    pc: u64,
+    mut regs: framehop::UnwindRegsNative,
+    read: &mut impl FnMut(u64) -> Result<u64, ()>,
+    cache: &mut Cache,
+    push: &mut impl FnMut(u64) -> bool,
+) -> bool {
+    let trampoline = sigreturn();
+    let mut address = FrameAddress::from_instruction_pointer(pc);
+    loop {
+        if !push(address.address_for_lookup()) {
+            return true;
+        }
+        let next = match map
+            .unwinder
+            .unwind_frame(address, &mut regs, cache, &mut *read)
+        {
+            Ok(Some(ra)) => ra,
+            _ => return false,
+        };
+        if next == trampoline && trampoline != 0 {
+            let Some((ip, sp, bp)) = signal_frame(regs.sp(), &mut *read) else {
+                return false;
+            };
+            regs = framehop::UnwindRegsNative::new(ip, sp, bp);
+            address = FrameAddress::from_instruction_pointer(ip);
+        } else {
+            match FrameAddress::from_return_address(next) {
+                Some(a) => address = a,
+                None => return false,
+            }
+        }
+    }
+}
+
+/// The interrupted `(ip, sp, bp)` saved in the kernel's signal frame whose `ucontext` starts at
+/// `uc` (the stack pointer after returning into the trampoline), read through `read`.
+#[cfg(target_arch = "x86_64")]
+fn signal_frame(uc: u64, read: &mut impl FnMut(u64) -> Result<u64, ()>) -> Option<(u64, u64, u64)> {
+    let gregs = uc.checked_add(std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64)?;
+    let reg = |r: libc::c_int| gregs.checked_add(r as u64 * 8);
+    let ip = read(reg(libc::REG_RIP)?).ok()?;
+    let sp = read(reg(libc::REG_RSP)?).ok()?;
+    let bp = read(reg(libc::REG_RBP)?).ok()?;
+    Some((ip, sp, bp))
+}
+
+/// Not followed on aarch64 (the trampoline is not recorded there): the walk ends.
+#[cfg(target_arch = "aarch64")]
+fn signal_frame(
+    _uc: u64,
+    _read: &mut impl FnMut(u64) -> Result<u64, ()>,
+) -> Option<(u64, u64, u64)> {
+    None
 }
 
 /// The mask that strips pointer-authentication bits from return addresses on aarch64: with PAC,

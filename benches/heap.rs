@@ -1,0 +1,470 @@
+//! Heap profiling: accuracy, cost, tracking memory and RSS over time. Prints markdown tables.
+//!
+//! `cargo bench --bench heap --features enabled,heap` (add `-- --quick` for a short run).
+//! Every case runs in a fresh child process of this binary (the interval is read from the
+//! environment at start):
+//!
+//! 1. Accuracy: tag `A` allocates mixed sizes from 16 B to 1 MiB and keeps 64 MiB live, tag
+//!    `B` allocates a third as much and keeps nothing; estimated `alloc_space` and
+//!    `inuse_space` per tag against the bytes the bench counted itself (default interval).
+//! 2. Cost: small allocations and frees on 2 threads, through `threadprof::Allocator` around
+//!    an allocator and through that allocator alone, alternating in one process; ns per
+//!    allocation+free pair, at the default interval, at 64 KiB, and with sampling off.
+//! 3. Tracking memory for 100,000 live sampled allocations (interval 1 byte: all sampled),
+//!    against the same program with sampling off.
+//! 4. RSS during a soak of steady allocation (`HEAP_SOAK_SECONDS`, default 10, 3 in quick
+//!    mode), with sampling at the default interval and off.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: threadprof::Allocator = threadprof::Allocator::system();
+
+const CHILD: &str = "HEAP_BENCH_CHILD";
+const MIB: usize = 1 << 20;
+
+fn main() {
+    match std::env::var(CHILD).ok().as_deref() {
+        Some("accuracy") => child_accuracy(),
+        Some("cost") => child_cost(),
+        Some("tracking") => child_tracking(),
+        Some("soak") => child_soak(),
+        Some(other) => panic!("unknown case {other}"),
+        None => parent(),
+    }
+}
+
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
+/// Whether case `n` (1–4) runs: all of them unless `--only N` names one.
+fn runs_case(n: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        Some(i) => args.get(i + 1).is_some_and(|v| v == n),
+        None => true,
+    }
+}
+
+/// Runs case `case` in a child with `env`; returns its `RESULT` lines as key/value maps.
+fn run(case: &str, env: &[(&str, &str)]) -> Vec<std::collections::HashMap<String, f64>> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    if quick() {
+        cmd.arg("--quick");
+    }
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("THREADPROF_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env(CHILD, case).env("THREADPROF_DIR", dir.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{case} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.parse().unwrap_or(f64::NAN)))
+                .collect()
+        })
+        .collect()
+}
+
+fn parent() {
+    let runs = if quick() { 1 } else { 3 };
+    if runs_case("1") {
+        accuracy_table(runs);
+    }
+    if runs_case("2") {
+        cost_table();
+    }
+    if runs_case("3") {
+        tracking_table();
+    }
+    if runs_case("4") {
+        soak_table();
+    }
+}
+
+fn accuracy_table(runs: usize) {
+    println!("## 1. Accuracy (default interval, 512 KiB; {runs} run(s))\n");
+    println!("| run | A alloc_space est / true | B alloc_space est / true | A inuse_space est / true | B inuse_space | samples | dropped |");
+    println!("|---|---|---|---|---|---|---|");
+    for i in 1..=runs {
+        let r = &run("accuracy", &[])[0];
+        println!(
+            "| {i} | {:.1} / {:.1} MiB (×{:.3}) | {:.1} / {:.1} MiB (×{:.3}) | {:.1} / {:.1} MiB (×{:.3}) | {:.2} MiB | {} | {} |",
+            r["a_alloc_est"] / MIB as f64,
+            r["a_alloc"] / MIB as f64,
+            r["a_alloc_est"] / r["a_alloc"],
+            r["b_alloc_est"] / MIB as f64,
+            r["b_alloc"] / MIB as f64,
+            r["b_alloc_est"] / r["b_alloc"],
+            r["a_inuse_est"] / MIB as f64,
+            r["a_inuse"] / MIB as f64,
+            r["a_inuse_est"] / r["a_inuse"],
+            r["b_inuse_est"] / MIB as f64,
+            r["samples"],
+            r["dropped"],
+        );
+    }
+}
+
+fn cost_table() {
+    println!(
+        "\n## 2. Cost: 2 threads, allocation + free of 16–256 B, ns per pair (medians of rounds)\n"
+    );
+    println!("| interval | inner | inner alone | through the wrapper | ratio |");
+    println!("|---|---|---|---|---|");
+    for (label, interval) in [
+        ("512 KiB (default)", "524288"),
+        ("64 KiB", "65536"),
+        ("0 (off)", "0"),
+    ] {
+        for r in run("cost", &[("THREADPROF_HEAP_INTERVAL", interval)]) {
+            let inner = if r["inner"] == 0.0 {
+                "System (glibc)"
+            } else {
+                "mimalloc"
+            };
+            println!(
+                "| {label} | {inner} | {:.1} | {:.1} | {:.3} |",
+                r["plain_ns"],
+                r["wrapped_ns"],
+                r["wrapped_ns"] / r["plain_ns"]
+            );
+        }
+    }
+}
+
+fn tracking_table() {
+    println!("\n## 3. Tracking memory, 100,000 live sampled allocations of 64 B\n");
+    let on = &run("tracking", &[("THREADPROF_HEAP_INTERVAL", "1")])[0];
+    let off = &run("tracking", &[("THREADPROF_HEAP_INTERVAL", "0")])[0];
+    println!(
+        "| | RSS growth while allocating | live sampled | Stats::heap_tracking_bytes | dropped |"
+    );
+    println!("|---|---|---|---|---|");
+    for (label, r) in [("every allocation sampled", on), ("sampling off", off)] {
+        println!(
+            "| {label} | {:.1} MiB | {} | {:.1} MiB | {} |",
+            r["rss_growth_kib"] / 1024.0,
+            r["live"],
+            r["tracking"] / MIB as f64,
+            r["dropped"]
+        );
+    }
+    println!(
+        "\nDifference: {:.1} MiB, {:.0} bytes per live sampled allocation.",
+        (on["rss_growth_kib"] - off["rss_growth_kib"]) / 1024.0,
+        (on["rss_growth_kib"] - off["rss_growth_kib"]) * 1024.0 / on["live"].max(1.0)
+    );
+}
+
+fn soak_table() {
+    let secs = std::env::var("HEAP_SOAK_SECONDS")
+        .unwrap_or_else(|_| if quick() { "3" } else { "10" }.to_owned());
+    println!("\n## 4. Soak: {secs} s of steady allocation (2 threads, 100 MiB/s each, 16 B–64 KiB blocks written, 64 MiB live)\n");
+    println!("| sampling | RSS after 1 s | RSS at the end | max RSS | samples | dropped | live sampled (end) | tracking (end) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, interval) in [("512 KiB", "524288"), ("off", "0")] {
+        let r = &run(
+            "soak",
+            &[
+                ("THREADPROF_HEAP_INTERVAL", interval),
+                ("HEAP_SOAK_SECONDS", &secs),
+            ],
+        )[0];
+        println!(
+            "| {label} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} | {} | {} | {:.1} MiB |",
+            r["rss_1s_kib"] / 1024.0,
+            r["rss_end_kib"] / 1024.0,
+            r["rss_max_kib"] / 1024.0,
+            r["samples"],
+            r["dropped"],
+            r["live"],
+            r["tracking"] / MIB as f64
+        );
+    }
+}
+
+fn start(dump: Duration) -> threadprof::Profiler {
+    threadprof::Profiler::builder()
+        .dump_interval(dump)
+        .start()
+        .expect("start")
+}
+
+/// Sizes from 16 B to 1 MiB, log-uniform, from a fixed-seed generator.
+fn sizes(seed: u64) -> impl Iterator<Item = usize> {
+    let mut x = seed | 1;
+    std::iter::from_fn(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let exp = 4 + (x % 17) as u32; // 2^4 .. 2^20
+        let base = 1usize << exp;
+        Some(base + (x >> 20) as usize % base)
+    })
+    .map(|s| s.min(MIB))
+}
+
+#[inline(never)]
+fn keep_a(total: usize) -> (Vec<Vec<u8>>, usize) {
+    let mut kept = Vec::new();
+    let mut done = 0;
+    for s in sizes(7) {
+        if done >= total {
+            break;
+        }
+        kept.push(Vec::<u8>::with_capacity(s));
+        done += s;
+    }
+    (kept, done)
+}
+
+#[inline(never)]
+fn churn(total: usize, seed: u64) -> usize {
+    let mut done = 0;
+    for s in sizes(seed) {
+        if done >= total {
+            break;
+        }
+        black_box(Vec::<u8>::with_capacity(s));
+        done += s;
+    }
+    done
+}
+
+fn child_accuracy() {
+    let _p = start(Duration::from_secs(3600));
+    let a = threadprof::spawn("A", || {
+        let (kept, live) = keep_a(64 * MIB);
+        let churned = churn(1536 * MIB, 11);
+        (kept, live, churned)
+    });
+    let b = threadprof::spawn("B", || churn(512 * MIB, 13));
+    let (kept, a_live, a_churned) = a.join().unwrap();
+    let b_alloc = b.join().unwrap();
+    assert!(threadprof::flush());
+    let dir = std::path::PathBuf::from(std::env::var("THREADPROF_DIR").unwrap());
+    let bytes = std::fs::read(dir.join(threadprof::MERGED_HEAP_FILE)).unwrap();
+    let p = threadprof::pprof::decode_gz(&bytes).unwrap();
+    let per_tag = |ty: &str, tag: &str| {
+        let i = p.sample_type_index(ty).unwrap();
+        p.sample
+            .iter()
+            .filter(|s| p.label_str(s, "tag") == Some(tag))
+            .map(|s| s.value[i])
+            .sum::<i64>()
+    };
+    let s = threadprof::stats();
+    println!(
+        "RESULT a_alloc={} a_alloc_est={} a_inuse={a_live} a_inuse_est={} b_alloc={b_alloc} b_alloc_est={} b_inuse_est={} samples={} dropped={}",
+        a_live + a_churned,
+        per_tag("alloc_space", "A"),
+        per_tag("inuse_space", "A"),
+        per_tag("alloc_space", "B"),
+        per_tag("inuse_space", "B"),
+        s.heap_samples,
+        s.heap_dropped
+    );
+    std::mem::forget(kept);
+}
+
+/// Allocation + free pairs of 16–256 B through `a`, `n` per thread on 2 threads; ns per pair.
+fn pairs<A: GlobalAlloc + Sync>(a: &'static A, n: usize) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            s.spawn(move || {
+                let mut live = [std::ptr::null_mut::<u8>(); 16];
+                let mut x = 0x9e37_79b9u64 + t;
+                for i in 0..n {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let size = 16 + (x % 241) as usize;
+                    let slot = i % live.len();
+                    // SAFETY: each block is freed once with the layout it was allocated with
+                    // (its size is stored in its first word).
+                    unsafe {
+                        if !live[slot].is_null() {
+                            let old = live[slot];
+                            let old_size = *(old as *const usize);
+                            a.dealloc(old, Layout::from_size_align_unchecked(old_size, 8));
+                        }
+                        let p = a.alloc(Layout::from_size_align_unchecked(size, 8));
+                        assert!(!p.is_null());
+                        *(p as *mut usize) = size;
+                        live[slot] = black_box(p);
+                    }
+                }
+                for p in live.into_iter().filter(|p| !p.is_null()) {
+                    // SAFETY: as above.
+                    unsafe {
+                        let size = *(p as *const usize);
+                        a.dealloc(p, Layout::from_size_align_unchecked(size, 8));
+                    }
+                }
+            });
+        }
+    });
+    start.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn child_cost() {
+    static SYSTEM: System = System;
+    static WRAPPED_SYSTEM: threadprof::Allocator = threadprof::Allocator::system();
+    static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
+    static WRAPPED_MI: threadprof::Allocator<mimalloc::MiMalloc> =
+        threadprof::Allocator::new(mimalloc::MiMalloc);
+    let _p = start(Duration::from_secs(3600));
+    let n = if quick() { 1_000_000 } else { 4_000_000 };
+    let rounds = if quick() { 5 } else { 9 };
+    // Warm-up: both allocators' per-thread state.
+    pairs(&SYSTEM, n / 10);
+    pairs(&MI, n / 10);
+    let (mut ps, mut ws, mut pm, mut wm) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        ps.push(pairs(&SYSTEM, n));
+        ws.push(pairs(&WRAPPED_SYSTEM, n));
+        pm.push(pairs(&MI, n));
+        wm.push(pairs(&WRAPPED_MI, n));
+    }
+    println!(
+        "RESULT inner=0 plain_ns={} wrapped_ns={}",
+        median(ps),
+        median(ws)
+    );
+    println!(
+        "RESULT inner=1 plain_ns={} wrapped_ns={}",
+        median(pm),
+        median(wm)
+    );
+    let s = threadprof::stats();
+    eprintln!("samples={} dropped={}", s.heap_samples, s.heap_dropped);
+}
+
+fn rss_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[inline(never)]
+fn tracked_block() -> Box<[u8; 64]> {
+    Box::new([1u8; 64])
+}
+
+fn child_tracking() {
+    let _p = start(Duration::from_secs(3600));
+    // Let start-up settle, then measure only the 100,000 blocks.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib();
+    let mut kept = Vec::with_capacity(100_000);
+    // 2,000 at a time, then a pause for the dump thread to drain (the ring holds 4,096).
+    while kept.len() < 100_000 {
+        for _ in 0..2_000 {
+            kept.push(tracked_block());
+        }
+        std::thread::sleep(Duration::from_millis(110));
+    }
+    assert!(threadprof::flush());
+    let after = rss_kib();
+    let s = threadprof::stats();
+    println!(
+        "RESULT rss_growth_kib={} live={} tracking={} dropped={}",
+        after - before,
+        s.heap_live,
+        s.heap_tracking_bytes,
+        s.heap_dropped
+    );
+    black_box(&kept);
+    std::mem::forget(kept);
+}
+
+fn child_soak() {
+    let secs: u64 = std::env::var("HEAP_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let _p = start(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let watcher = std::thread::spawn(move || {
+        let (mut at_1s, mut max, mut last) = (0.0f64, 0.0f64, (0.0, threadprof::stats()));
+        let t0 = Instant::now();
+        // Stops before the workers end (and free their live sets).
+        while Instant::now() + Duration::from_millis(300) < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let r = rss_kib();
+            max = max.max(r);
+            if at_1s == 0.0 && t0.elapsed() >= Duration::from_secs(1) {
+                at_1s = r;
+            }
+            last = (r, threadprof::stats());
+        }
+        (at_1s, max, last)
+    });
+    let workers: Vec<_> = (0..2u64)
+        .map(|t| {
+            threadprof::spawn(&format!("soak{t}"), move || {
+                // A steady live set of 32 MiB per thread, replaced piece by piece, at about
+                // 100 MiB/s of writes per thread (a busy service, not a memset loop).
+                let mut live: Vec<Vec<u8>> = Vec::new();
+                let mut bytes = 0usize;
+                let mut total = 0usize;
+                let t0 = Instant::now();
+                let mut gen = sizes(100 + t);
+                while Instant::now() < deadline {
+                    let s = gen.next().unwrap_or(64).min(64 << 10);
+                    live.push(vec![1u8; s]);
+                    bytes += s;
+                    total += s;
+                    while bytes > 32 * MIB {
+                        let old = live.swap_remove(0);
+                        bytes -= old.len();
+                    }
+                    let due = Duration::from_secs_f64(total as f64 / (100.0 * MIB as f64));
+                    if let Some(ahead) = due.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(ahead);
+                    }
+                }
+                live.len()
+            })
+        })
+        .collect();
+    for w in workers {
+        black_box(w.join().unwrap());
+    }
+    let (at_1s, max, (rss_end, s)) = watcher.join().unwrap();
+    println!(
+        "RESULT rss_1s_kib={at_1s} rss_end_kib={rss_end} rss_max_kib={max} samples={} dropped={} live={} tracking={}",
+        s.heap_samples,
+        s.heap_dropped,
+        s.heap_live,
+        s.heap_tracking_bytes
+    );
+}

@@ -1,0 +1,204 @@
+//! The stack of a sampled allocation, walked from the allocation path itself.
+//!
+//! [`capture`] reads its own program counter, stack pointer and frame pointer (a few
+//! instructions of inline assembly), and walks outwards from there with the unwinder the signal
+//! handler uses (`unwind::walk`, through an `UnwinderUse`). Every memory read goes through a
+//! `StackReader` limited to the calling thread's own stack above that stack pointer, which is
+//! mapped for as long as the thread runs; a read anywhere else is refused and ends the walk
+//! (the sample is marked cut short). No copies (`process_vm_readv`) are made here: a thread
+//! allocating on another stack (a `stacker` segment, a fiber, an alternate signal stack) gets
+//! the frames up to where the walk leaves that stack.
+//!
+//! Owns a pool of framehop caches, made at start on a thread of its own (building one takes
+//! tens of KiB of stack) and never freed. A sample takes a free one with an atomic swap and
+//! puts it back when done; if every cache is taken at once, the sample is discarded (counted
+//! as dropped). The caches are not the signal handler's (its is per thread, in its slot), so a
+//! SIGPROF arriving during a walk uses its own.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+use super::events::{CUT_SHORT, DISCARD, MAX_FRAMES, TRUNCATED};
+use crate::stackread::StackReader;
+use crate::unwind::{Cache, UnwinderUse};
+
+/// Most caches in the pool.
+const MAX_CACHES: usize = 32;
+
+struct Pooled {
+    busy: AtomicBool,
+    cache: AtomicPtr<Cache>,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Pooled = Pooled {
+    busy: AtomicBool::new(false),
+    cache: AtomicPtr::new(std::ptr::null_mut()),
+};
+static POOL: [Pooled; MAX_CACHES] = [EMPTY; MAX_CACHES];
+static POOL_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes one cache takes (for the tracking-memory figure).
+pub(crate) fn cache_bytes() -> usize {
+    std::mem::size_of::<Cache>() + CONTEXT_BYTES
+}
+
+/// framehop's boxed unwind context (rule rows), inside each cache; an estimate of its size.
+const CONTEXT_BYTES: usize = 32 * 1024;
+
+/// Fills the pool with `n` caches (at most [`MAX_CACHES`]); returns how many it holds.
+pub(crate) fn fill_pool(n: usize) -> usize {
+    let want = n.clamp(1, MAX_CACHES);
+    let have = POOL_LEN.load(Ordering::Acquire);
+    if have >= want {
+        return have;
+    }
+    // Built on a thread with a known stack: framehop builds a cache by value.
+    let built = std::thread::Builder::new()
+        .name("threadprof-heap-init".into())
+        .stack_size(4 << 20)
+        .spawn(move || {
+            super::exclude_current_thread();
+            (have..want)
+                .map(|_| Box::into_raw(Box::<Cache>::default()) as usize)
+                .collect::<Vec<usize>>()
+        })
+        .ok()
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    for (slot, cache) in POOL.iter().skip(have).zip(built) {
+        slot.cache.store(cache as *mut Cache, Ordering::Release);
+    }
+    let len = POOL
+        .iter()
+        .take_while(|p| !p.cache.load(Ordering::Acquire).is_null())
+        .count();
+    POOL_LEN.store(len, Ordering::Release);
+    len
+}
+
+/// A cache taken from the pool; given back on drop.
+struct Lease(&'static Pooled, *mut Cache);
+
+impl Lease {
+    /// A free cache, trying from `start` on; `None` if every one is taken.
+    fn take(start: usize) -> Option<Lease> {
+        let len = POOL_LEN.load(Ordering::Acquire);
+        (0..len).find_map(|i| {
+            let p = POOL.get((start + i) % len.max(1))?;
+            let cache = p.cache.load(Ordering::Acquire);
+            if cache.is_null() || p.busy.swap(true, Ordering::Acquire) {
+                return None;
+            }
+            Some(Lease(p, cache))
+        })
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Walks the calling thread's stack from this function outwards into `frames` (lookup
+/// addresses, leaf first); returns the number of frames written and the event flags
+/// (`TRUNCATED`, `CUT_SHORT`, or `DISCARD` when no cache was free). `stack` is the thread's
+/// stack range `(lo, top)`, `(0, 0)` if unknown (then only this function's frame is recorded).
+/// `hint` spreads threads over the pool.
+#[inline(never)]
+pub(crate) fn capture(
+    stack: (u64, u64),
+    frames: &mut [u64; MAX_FRAMES],
+    hint: usize,
+) -> (u32, u32) {
+    let (pc, regs, sp) = registers_here();
+    let Some(lease) = Lease::take(hint) else {
+        return (0, DISCARD);
+    };
+    let code = UnwinderUse::begin();
+    let Some(map) = code.get() else {
+        frames[0] = pc;
+        return (1, 0);
+    };
+    // Direct reads only, inside [sp, top) of this thread's own stack: no window, no copies.
+    let mut reader = StackReader::new(sp, stack, std::ptr::null_mut(), false);
+    // SAFETY: the lease holds the cache exclusively (its busy flag was swapped from false),
+    // and the pointer came from `Box::into_raw` in `fill_pool` and is never freed.
+    let cache = unsafe { &mut *lease.1 };
+    let mut n = 0usize;
+    let truncated = crate::unwind::walk(
+        map,
+        pc,
+        regs,
+        &mut |addr| reader.read_u64(addr),
+        cache,
+        &mut |addr| match frames.get_mut(n) {
+            Some(f) => {
+                *f = addr;
+                n += 1;
+                true
+            }
+            None => false,
+        },
+    );
+    let mut flags = 0;
+    if truncated {
+        flags |= TRUNCATED;
+    } else if reader.cut_short {
+        flags |= CUT_SHORT;
+    }
+    (n as u32, flags)
+}
+
+/// Program counter, framehop registers and stack pointer at this point of the caller (always
+/// inlined, so they describe the caller's frame, whose unwind rules framehop then applies).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn registers_here() -> (u64, framehop::UnwindRegsNative, u64) {
+    let (pc, sp, bp): (u64, u64, u64);
+    // SAFETY: reads rip (by `lea`), rsp and rbp into registers; touches no memory, no stack,
+    // no flags.
+    unsafe {
+        std::arch::asm!(
+            "lea {pc}, [rip]",
+            "mov {sp}, rsp",
+            "mov {bp}, rbp",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            bp = out(reg) bp,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    (pc, framehop::UnwindRegsNative::new(pc, sp, bp), sp)
+}
+
+/// Program counter, framehop registers and stack pointer at this point of the caller (always
+/// inlined). Return addresses are stripped of pointer-authentication bits as in the handler.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn registers_here() -> (u64, framehop::UnwindRegsNative, u64) {
+    let (pc, sp, fp, lr): (u64, u64, u64, u64);
+    // SAFETY: reads the pc (by `adr`), sp, x29 and x30 into registers; touches no memory, no
+    // stack, no flags.
+    unsafe {
+        std::arch::asm!(
+            "adr {pc}, .",
+            "mov {sp}, sp",
+            "mov {fp}, x29",
+            "mov {lr}, x30",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            fp = out(reg) fp,
+            lr = out(reg) lr,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    let mask = crate::unwind::return_address_mask_now();
+    let regs = framehop::UnwindRegsNative::new_with_ptr_auth_mask(
+        framehop::aarch64::PtrAuthMask(mask),
+        lr,
+        sp,
+        fp,
+    );
+    (pc, regs, sp)
+}

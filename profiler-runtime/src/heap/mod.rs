@@ -1,0 +1,605 @@
+//! Heap profiles: [`Allocator`], a [`GlobalAlloc`] wrapper that samples allocations by bytes,
+//! and (on the dump thread) their profiles, `{tag}.heap.pb.gz` and `_merged.heap.pb.gz`.
+//!
+//! Owns the allocation path (this file), the live table (`live.rs`), the event ring
+//! (`events.rs`), the stack walk of a sampled allocation (`capture.rs`) and the dump side
+//! (`profile.rs`). May touch: `slot.rs` (reads the calling thread's `CURRENT_SLOT`, its
+//! context and stack range), `unwind.rs` and `stackread.rs` (the shared unwinder and its
+//! fault-proof reads), `registry::in_forked_child`. Nothing here reaches the signal handler.
+//!
+//! # Sampling
+//!
+//! As Go's runtime and tcmalloc do: each thread counts down the bytes it allocates, and when an
+//! allocation of `s` bytes reaches the end of the count it is sampled and a new count is
+//! drawn from an exponential distribution with mean `interval`
+//! (`THREADPROF_HEAP_INTERVAL`, default 512 KiB). So sample points form a Poisson process
+//! over allocated bytes: an allocation of `s` bytes is sampled with probability
+//! `p(s) = 1 - e^(-s/interval)`, large ones almost always, small ones in proportion. The
+//! profile counts a sample of `s` bytes as `1/p(s)` allocations and `s/p(s)` bytes, which
+//! makes both figures unbiased (Go's `scaleHeapSample`, applied per sample rather than per
+//! averaged bucket). A thread's first count is drawn at its first allocation, so the first
+//! allocation is not favoured.
+//!
+//! `realloc` ends the old block's record (if it was sampled) and counts the new size as a new
+//! allocation, sampled like any other, at the `realloc` call's stack; a failed `realloc` puts
+//! the old record back.
+//!
+//! # What is recorded
+//!
+//! A sampled allocation records its stack (walked from the allocation site, `capture.rs`), its
+//! size, its thread and, on a registered thread, the tag and label set in force (the ids the
+//! signal handler also copies). On an unregistered thread it goes to the tag `untagged`, with
+//! the thread's stack range cached on the thread at its first sample. Allocations made before
+//! the runtime started, or with `THREADPROF_HEAP_INTERVAL=0`, are not sampled; a later free of
+//! such a block is simply not found. The runtime's own threads (dump, HTTP, this module's
+//! start-up thread) are never sampled: the dump thread would otherwise feed itself.
+//!
+//! # Live tracking
+//!
+//! A sampled allocation goes into the [live table](live::LiveTable), keyed by address, with
+//! its id, *before* its pointer is returned, and its event (stack and all) into the [event
+//! ring](events::EventRing). Every free first asks the table (two relaxed loads of occupancy
+//! bytes); only a block whose buckets hold entries is looked up and, if found, removed, before
+//! the inner allocator frees it (so the address cannot be handed out again first). Frees
+//! produce no event: the dump thread learns which sampled allocations are still live by
+//! asking the table for each `(address, id)` it knows, when it writes a profile, and whenever
+//! its list of records has doubled since the last check (so that list stays within twice the
+//! live count, plus 4,096).
+//!
+//! # Bounds
+//!
+//! The table holds at most 262,144 live sampled allocations (4 MiB mapped); past that (both of
+//! an address's buckets full) a sample counts in `alloc_*` only (`Stats::heap_untracked`,
+//! warned once). The ring holds 4,096 events between drains (2.2 MiB mapped; drained every
+//! 100 ms); past that samples are dropped (`Stats::heap_dropped`, warned once). Both are
+//! mapped once with `mmap` at start, never through the global allocator, and never freed.
+//! The unwind caches (two per core, at most 32) are built once at start, on a thread of their
+//! own. The dump side keeps one record per live sampled allocation and one entry per distinct
+//! stack (as the CPU profiles do), in the dump thread's ordinary memory: allocated through the
+//! global allocator, i.e. through this wrapper, which passes the dump thread's allocations
+//! through unsampled (the wrapper cannot name its inner allocator from the runtime, and
+//! nothing of it runs on the allocation path). `Stats::heap_tracking_bytes` adds it all up.
+//!
+//! # The allocation path, call by call
+//!
+//! Every call made between the wrapper's entry and its return, and why each is safe inside a
+//! global allocator (no allocation through it, no recursion, no lock, no panic):
+//!
+//! - The inner allocator's own method, with the caller's arguments.
+//! - `INTERVAL.load` (relaxed): with sampling off (`THREADPROF_HEAP_INTERVAL=0`, runtime not
+//!   started, or a forked child) this is all an allocation adds; a free adds the table
+//!   pointer's load instead.
+//! - `THREAD.try_with`: a const-initialised `thread_local!` whose type has no destructor, so no
+//!   destructor is registered and access is a plain TLS load that cannot fail or allocate.
+//! - The countdown: arithmetic on `Cell`s in that TLS.
+//! - Slow path (a sampled allocation, cold): the reentrancy guard (a `Cell<bool>` in the same
+//!   TLS; an allocation while it is held is not sampled and is counted in
+//!   `Stats::heap_skipped`); the next count, `-ln(u) * interval` with `u` from a xorshift
+//!   generator in TLS (`f64::ln`, libm's pure `log`); `registry::in_forked_child` (a relaxed
+//!   load); `EventRing::claim` (lock-free, see events.rs); `syscall(SYS_gettid)` once per
+//!   thread; `CURRENT_SLOT.try_with` (const TLS, no destructor) and `ThreadSlot::context` (two
+//!   relaxed loads) on a registered thread, or once per unregistered thread
+//!   `pthread_getattr_np` for its stack range (which, on the main thread, reads
+//!   `/proc/self/maps` through the C library's own `malloc`, never this allocator); `capture`
+//!   (three register reads, an atomic swap to take an unwind cache, `UnwinderUse::begin`/drop,
+//!   framehop's allocation-free walk, reads bounded to the thread's own stack);
+//!   `LiveTable::insert` (compare-and-swap); publishing the event (a release store); counters
+//!   (relaxed `fetch_add`).
+//! - Free and realloc: `LiveTable::maybe_contains` (two relaxed loads), and for a block whose
+//!   buckets are occupied `LiveTable::remove` (loads, a store and a `fetch_and`).
+//!
+//! Nothing on it formats, logs or indexes out of bounds (slices are read with `get`); the
+//! warnings about full tables are logged later by the dump thread. It takes no lock, so
+//! neither a fork nor a signal can strand one with the host inside the allocator: the unwind
+//! cache pool uses try-only flags (a cache taken by a thread that did not survive a fork stays
+//! taken, harmlessly), and a forked child becomes a pure pass-through (a `pthread_atfork` child
+//! handler switches sampling and the table off; the child never drains the ring).
+
+#[cfg(threadprof_sampling)]
+mod capture;
+#[cfg(threadprof_sampling)]
+mod events;
+#[cfg(threadprof_sampling)]
+mod live;
+#[cfg(threadprof_sampling)]
+pub(crate) mod profile;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+/// A global allocator that samples allocations into heap profiles, wrapping another one.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static ALLOC: threadprof_runtime::Allocator = threadprof_runtime::Allocator::system();
+/// ```
+///
+/// Every allocation goes to the inner allocator (`A`, [`System`] by default); about one per
+/// `THREADPROF_HEAP_INTERVAL` bytes (512 KiB by default) is also recorded with its stack, tag
+/// and labels, and the runtime writes `{tag}.heap.pb.gz` and `_merged.heap.pb.gz` every dump
+/// interval (Go's heap profile format). Sampling starts with the runtime (the builder's
+/// `start`, or the first registered thread) and stops in a forked child. With
+/// `THREADPROF_HEAP_INTERVAL=0` the wrapper adds one relaxed atomic load per call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Allocator<A = System> {
+    inner: A,
+}
+
+impl Allocator<System> {
+    /// The wrapper around the system allocator.
+    pub const fn system() -> Allocator<System> {
+        Allocator { inner: System }
+    }
+}
+
+impl<A> Allocator<A> {
+    /// The wrapper around `inner` (e.g. `mimalloc::MiMalloc`).
+    pub const fn new(inner: A) -> Allocator<A> {
+        Allocator { inner }
+    }
+
+    /// The wrapped allocator.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+// SAFETY: every method forwards to the inner allocator with the caller's arguments and
+// returns its result unchanged; the sampling around it neither touches the memory handed out
+// nor allocates through this allocator (see the module doc).
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { self.inner.alloc(layout) };
+        if !p.is_null() {
+            on_alloc(p, layout.size());
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { self.inner.alloc_zeroed(layout) };
+        if !p.is_null() {
+            on_alloc(p, layout.size());
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        on_free(ptr);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let ended = on_free(ptr);
+        // SAFETY: forwarded with the caller's guarantees.
+        let q = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if q.is_null() {
+            // The old block is still allocated: it is still what the record described.
+            restore(ptr, ended);
+        } else {
+            on_alloc(q, new_size);
+        }
+        q
+    }
+}
+
+/// Keeps the calling thread's allocations out of the heap profiles (the runtime's own threads).
+/// Costs nothing per allocation: the thread's countdown is set beyond reach.
+pub(crate) fn exclude_current_thread() {
+    #[cfg(threadprof_sampling)]
+    let _ = sampling::THREAD.try_with(|t| t.remaining.set(u64::MAX));
+}
+
+#[inline(always)]
+fn on_alloc(ptr: *mut u8, size: usize) {
+    #[cfg(threadprof_sampling)]
+    sampling::on_alloc(ptr as u64, size as u64);
+    #[cfg(not(threadprof_sampling))]
+    let _ = (ptr, size);
+}
+
+#[inline(always)]
+fn on_free(ptr: *mut u8) -> Option<u64> {
+    #[cfg(threadprof_sampling)]
+    return sampling::on_free(ptr as u64);
+    #[cfg(not(threadprof_sampling))]
+    {
+        let _ = ptr;
+        None
+    }
+}
+
+#[cold]
+fn restore(ptr: *mut u8, ended: Option<u64>) {
+    #[cfg(threadprof_sampling)]
+    if let Some(id) = ended {
+        sampling::restore(ptr as u64, id);
+    }
+    #[cfg(not(threadprof_sampling))]
+    let _ = (ptr, ended);
+}
+
+/// Starts heap sampling with mean `interval` bytes between samples (0: off). Called once by
+/// the runtime at start, in normal context. False (and sampling stays off) if the tracking
+/// memory could not be mapped.
+pub(crate) fn start(interval: u64) -> bool {
+    #[cfg(threadprof_sampling)]
+    return sampling::start(interval);
+    #[cfg(not(threadprof_sampling))]
+    {
+        let _ = interval;
+        false
+    }
+}
+
+/// Test support, not public API: `hook` runs inside the sampling path of every sampled
+/// allocation, with the reentrancy guard held (a test makes it allocate, to check that such
+/// allocations are skipped rather than recursed into). `None` removes it.
+#[doc(hidden)]
+pub fn __set_sample_hook(hook: Option<fn()>) {
+    #[cfg(threadprof_sampling)]
+    sampling::HOOK.store(
+        hook.map_or(std::ptr::null_mut(), |f| f as *mut ()),
+        std::sync::atomic::Ordering::Release,
+    );
+    #[cfg(not(threadprof_sampling))]
+    let _ = hook;
+}
+
+/// Counters of the heap sampler since start (see `Stats`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HeapCounts {
+    pub samples: u64,
+    pub dropped: u64,
+    pub skipped: u64,
+    pub untracked: u64,
+    pub live: usize,
+    pub tracking_bytes: usize,
+}
+
+/// The heap sampler's counters now.
+pub(crate) fn counts() -> HeapCounts {
+    #[cfg(threadprof_sampling)]
+    return sampling::counts();
+    #[cfg(not(threadprof_sampling))]
+    HeapCounts::default()
+}
+
+#[cfg(threadprof_sampling)]
+pub(crate) use sampling::in_use;
+
+#[cfg(threadprof_sampling)]
+mod sampling {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+    use super::events::{self, EventRing, DISCARD, UNTRACKED};
+    use super::live::{self, LiveTable};
+    use crate::slot::CURRENT_SLOT;
+
+    /// Mean bytes between samples; 0 while sampling is off.
+    static INTERVAL: AtomicU64 = AtomicU64::new(0);
+    pub(super) static LIVE: LiveTable = LiveTable::new();
+    pub(super) static EVENTS: EventRing = EventRing::new();
+    /// Set at the first allocation any thread makes through the wrapper while sampling is on.
+    static SEEN: AtomicBool = AtomicBool::new(false);
+    static SAMPLES: AtomicU64 = AtomicU64::new(0);
+    static DROPPED: AtomicU64 = AtomicU64::new(0);
+    static SKIPPED: AtomicU64 = AtomicU64::new(0);
+    static UNTRACKED_COUNT: AtomicU64 = AtomicU64::new(0);
+    /// Kept by the dump thread: live records and the bytes its records and stacks take.
+    pub(super) static LIVE_RECORDS: AtomicUsize = AtomicUsize::new(0);
+    pub(super) static DUMP_SIDE_BYTES: AtomicUsize = AtomicUsize::new(0);
+    static CACHES: AtomicUsize = AtomicUsize::new(0);
+    static SEED: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
+    /// See `__set_sample_hook` (null: none).
+    pub(super) static HOOK: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+
+    /// The tag of samples taken on unregistered threads (resolved to `untagged`).
+    pub(crate) const UNREGISTERED: u32 = u32::MAX;
+
+    /// Per-thread sampling state. No field needs dropping, so `thread_local!` registers no
+    /// destructor for it and never allocates to reach it.
+    pub(super) struct ThreadState {
+        /// Bytes this thread may still allocate before the next sample; 0 until its first
+        /// allocation with sampling on; `u64::MAX` on the runtime's own threads.
+        pub(super) remaining: Cell<u64>,
+        rng: Cell<u64>,
+        /// Reentrancy guard: set while this thread records a sample.
+        busy: Cell<bool>,
+        tid: Cell<i32>,
+        /// Stack range of an unregistered thread, `(0, 0)` until its first sample.
+        stack: Cell<(u64, u64)>,
+    }
+
+    thread_local! {
+        pub(super) static THREAD: ThreadState = const {
+            ThreadState {
+                remaining: Cell::new(0),
+                rng: Cell::new(0),
+                busy: Cell::new(false),
+                tid: Cell::new(0),
+                stack: Cell::new((0, 0)),
+            }
+        };
+    }
+
+    /// Whether heap sampling ever saw an allocation through the wrapper (files are written
+    /// only then).
+    pub(crate) fn in_use() -> bool {
+        SEEN.load(Ordering::Relaxed)
+    }
+
+    extern "C" fn after_fork_in_child() {
+        INTERVAL.store(0, Ordering::Relaxed);
+        LIVE.disable();
+    }
+
+    pub(super) fn start(interval: u64) -> bool {
+        if interval == 0 {
+            return false;
+        }
+        if !LIVE.map() || !EVENTS.map() {
+            crate::diagnostics::warn(
+                "heap-map",
+                "cannot map memory for heap profile tracking; heap profiles are off",
+            );
+            return false;
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let caches = capture_pool(cores * 2);
+        if caches == 0 {
+            crate::diagnostics::warn(
+                "heap-caches",
+                "cannot build unwind caches for heap profiles; heap profiles are off",
+            );
+            return false;
+        }
+        CACHES.store(caches, Ordering::Relaxed);
+        // SAFETY: registers a child handler that only stores to atomics (async-signal-safe,
+        // as code in a forked child of a multithreaded process must be).
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        INTERVAL.store(interval, Ordering::Relaxed);
+        true
+    }
+
+    fn capture_pool(n: usize) -> usize {
+        super::capture::fill_pool(n)
+    }
+
+    pub(super) fn counts() -> super::HeapCounts {
+        let mapped = if INTERVAL.load(Ordering::Relaxed) > 0 || SEEN.load(Ordering::Relaxed) {
+            live::MAPPED_BYTES + events::MAPPED_BYTES
+        } else {
+            0
+        };
+        super::HeapCounts {
+            samples: SAMPLES.load(Ordering::Relaxed),
+            dropped: DROPPED.load(Ordering::Relaxed),
+            skipped: SKIPPED.load(Ordering::Relaxed),
+            untracked: UNTRACKED_COUNT.load(Ordering::Relaxed),
+            live: LIVE_RECORDS.load(Ordering::Relaxed),
+            tracking_bytes: mapped
+                + CACHES.load(Ordering::Relaxed) * super::capture::cache_bytes()
+                + DUMP_SIDE_BYTES.load(Ordering::Relaxed),
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn on_alloc(addr: u64, size: u64) {
+        let interval = INTERVAL.load(Ordering::Relaxed);
+        if interval == 0 {
+            return;
+        }
+        let _ = THREAD.try_with(|t| {
+            let left = t.remaining.get();
+            if size < left {
+                t.remaining.set(left - size);
+            } else {
+                sample(t, addr, size, interval);
+            }
+        });
+    }
+
+    #[inline(always)]
+    pub(super) fn on_free(addr: u64) -> Option<u64> {
+        if LIVE.maybe_contains(addr) {
+            return free_sampled(addr);
+        }
+        None
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_sampled(addr: u64) -> Option<u64> {
+        LIVE.remove(addr)
+    }
+
+    /// Puts back the record of a block that a failed `realloc` left allocated.
+    pub(super) fn restore(addr: u64, id: u64) {
+        if !LIVE.insert(addr, id) {
+            UNTRACKED_COUNT.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The end of a thread's countdown: draw the next one, and record this allocation unless
+    /// it is the thread's first (whose count starts now).
+    #[cold]
+    #[inline(never)]
+    fn sample(t: &ThreadState, addr: u64, size: u64, interval: u64) {
+        if t.busy.get() {
+            SKIPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        t.busy.set(true);
+        let left = t.remaining.get();
+        let first = left == 0;
+        let next = next_count(t, interval);
+        if first {
+            SEEN.store(true, Ordering::Relaxed);
+        }
+        if first && size < next {
+            t.remaining.set(next - size);
+        } else {
+            t.remaining
+                .set(if first { next_count(t, interval) } else { next });
+            if !crate::registry::in_forked_child() {
+                record(t, addr, size);
+                let hook = HOOK.load(Ordering::Acquire);
+                if !hook.is_null() {
+                    // SAFETY: only `__set_sample_hook` stores here, a `fn()` cast to a pointer.
+                    let hook: fn() = unsafe { std::mem::transmute::<*mut (), fn()>(hook) };
+                    hook();
+                }
+            }
+        }
+        t.busy.set(false);
+    }
+
+    /// Bytes until the next sample: exponential with mean `interval`, at least 1.
+    fn next_count(t: &ThreadState, interval: u64) -> u64 {
+        let mut x = t.rng.get();
+        if x == 0 {
+            // Seeded from a process-wide sequence and this thread's TLS address.
+            let salt = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+            x = splitmix(salt ^ (t as *const ThreadState as u64)) | 1;
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        t.rng.set(x);
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        // Uniform in (0, 1]: never 0, so the logarithm is finite.
+        let u = ((r >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+        let count = -u.ln() * interval as f64;
+        // `as` saturates; NaN cannot occur (u is in (0, 1]).
+        (count as u64).max(1)
+    }
+
+    fn splitmix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Records one sampled allocation: its event into the ring, its address into the table.
+    #[inline(never)]
+    fn record(t: &ThreadState, addr: u64, size: u64) {
+        let Some(mut claim) = EVENTS.claim() else {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let id = claim.id();
+        let tid = thread_id(t);
+        let slot = CURRENT_SLOT
+            .try_with(Cell::get)
+            .ok()
+            // SAFETY: a non-null CURRENT_SLOT points to this thread's live slot: the thread
+            // clears it before releasing the slot, and we are running on that thread.
+            .and_then(|p| unsafe { p.as_ref() });
+        let (tag, labels, stack) = match slot {
+            Some(s) => {
+                let c = s.context();
+                let stack = (
+                    s.stack_lo.load(Ordering::Relaxed),
+                    s.stack_top.load(Ordering::Relaxed),
+                );
+                (c.tag, c.labels, stack)
+            }
+            None => (UNREGISTERED, 0, own_stack(t)),
+        };
+        let ev = claim.event();
+        ev.addr = addr;
+        ev.size = size;
+        ev.tid = tid;
+        ev.tag = tag;
+        ev.labels = labels;
+        let (len, mut flags) = super::capture::capture(stack, &mut ev.frames, tid as usize);
+        ev.len = len;
+        if flags & DISCARD != 0 {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        } else {
+            if !LIVE.insert(addr, id) {
+                flags |= UNTRACKED;
+                UNTRACKED_COUNT.fetch_add(1, Ordering::Relaxed);
+            }
+            SAMPLES.fetch_add(1, Ordering::Relaxed);
+        }
+        ev.flags = flags;
+        // Published when `claim` drops, after the table insert: an event the dump thread
+        // reads always has its table entry (unless already freed).
+        drop(claim);
+    }
+
+    fn thread_id(t: &ThreadState) -> i32 {
+        let tid = t.tid.get();
+        if tid != 0 {
+            return tid;
+        }
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        t.tid.set(tid);
+        tid
+    }
+
+    /// The stack range of the calling (unregistered) thread, looked up at its first sample.
+    fn own_stack(t: &ThreadState) -> (u64, u64) {
+        let known = t.stack.get();
+        if known != (0, 0) {
+            return known;
+        }
+        let bounds = crate::sampler::stack_bounds();
+        // (1, 1): looked up and unknown; reads are then all refused.
+        t.stack.set(if bounds == (0, 0) { (1, 1) } else { bounds });
+        bounds
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn counts_are_exponential_with_the_interval_as_mean() {
+            let t = ThreadState {
+                remaining: Cell::new(0),
+                rng: Cell::new(0),
+                busy: Cell::new(false),
+                tid: Cell::new(0),
+                stack: Cell::new((0, 0)),
+            };
+            let n = 200_000;
+            let interval = 512 * 1024;
+            let draws: Vec<u64> = (0..n).map(|_| next_count(&t, interval)).collect();
+            let mean = draws.iter().sum::<u64>() as f64 / n as f64;
+            assert!((mean / interval as f64 - 1.0).abs() < 0.02, "mean {mean}");
+            // P(X > interval) = 1/e for an exponential.
+            let above = draws.iter().filter(|&&d| d > interval).count() as f64 / n as f64;
+            assert!((above - (-1f64).exp()).abs() < 0.01, "tail {above}");
+            assert!(draws.iter().all(|&d| d >= 1));
+        }
+    }
+}
+
+/// Maps `bytes` of zeroed, private, anonymous memory; `None` if the kernel refuses.
+#[cfg(threadprof_sampling)]
+fn map_zeroed(bytes: usize) -> Option<*mut u8> {
+    // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p.cast())
+}
