@@ -422,7 +422,7 @@ fn wall_child(hz: u32, seconds: f64, idle: usize) {
         .expect("start");
     let run_for = Duration::from_secs_f64(seconds);
     let idle_release = std::sync::Arc::new(std::sync::Barrier::new(idle + 1));
-    let idle_registered = std::sync::Arc::new(std::sync::Barrier::new(idle + 1));
+    let idle_registered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let idle_threads: Vec<_> = (0..idle)
         .map(|i| {
             let (registered, release) = (idle_registered.clone(), idle_release.clone());
@@ -430,13 +430,20 @@ fn wall_child(hz: u32, seconds: f64, idle: usize) {
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     let _g = threadprof_runtime::enter(&format!("idle{}", i % 16));
-                    registered.wait();
+                    registered.fetch_add(1, std::sync::atomic::Ordering::Release);
                     release.wait();
                 })
                 .expect("spawn")
         })
         .collect();
-    idle_registered.wait();
+    while idle_registered.load(std::sync::atomic::Ordering::Acquire) < idle {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if idle > 0 {
+        // Past their registration: each idle thread's first wall sample, its symbolization
+        // on the dump thread, and a second of being parked.
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let (tx, rx) = std::sync::mpsc::channel::<u64>();
     let lock = std::sync::Arc::new(std::sync::Mutex::new(0u64));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -558,7 +565,9 @@ fn idle_child(n: usize, hz: u32, seconds: f64) {
         .expect("start");
     // All registered, then all blocked (on the second barrier) while the process CPU is
     // measured over `seconds`; registering and unregistering are not in the figure.
-    let registered = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    // Each thread registers, counts itself and blocks once (a second barrier would wake all of
+    // them in a herd that, at 10,000 threads, lasts into the measurement).
+    let registered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let release = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
     let rss0 = status_kb("VmRSS:");
     let t0 = Instant::now();
@@ -569,13 +578,15 @@ fn idle_child(n: usize, hz: u32, seconds: f64) {
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     let _g = threadprof_runtime::enter(&format!("idle{}", i % 16));
-                    registered.wait();
+                    registered.fetch_add(1, std::sync::atomic::Ordering::Release);
                     release.wait();
                 })
                 .expect("spawn")
         })
         .collect();
-    registered.wait();
+    while registered.load(std::sync::atomic::Ordering::Acquire) < n {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let register_s = t0.elapsed().as_secs_f64();
     // Let registration settle (first wall signals, the dump thread's first drains).
     std::thread::sleep(Duration::from_millis(300));

@@ -236,7 +236,8 @@ fn child_idle_threads() {
         .unwrap()
         .parse()
         .unwrap();
-    let registered = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    // Each thread blocks once (a second barrier would wake them all in a herd).
+    let registered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let release = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
     let threads: Vec<_> = (0..n)
         .map(|i| {
@@ -245,13 +246,15 @@ fn child_idle_threads() {
                 .stack_size(128 * 1024)
                 .spawn(move || {
                     let _g = threadprof::enter(&format!("idle{}", i % 8));
-                    registered.wait();
+                    registered.fetch_add(1, std::sync::atomic::Ordering::Release);
                     release.wait();
                 })
                 .unwrap()
         })
         .collect();
-    registered.wait();
+    while registered.load(std::sync::atomic::Ordering::Acquire) < n {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // Past the first wall samples (each thread is signalled once, then parked).
     std::thread::sleep(Duration::from_millis(500));
     let (cpu0, t0) = (process_cpu(), std::time::Instant::now());

@@ -188,10 +188,12 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
             slot.idle.note_woken();
             if wall > 0 {
                 let ran = thread_cpu_ns().saturating_sub(slot.idle.mark_ns());
-                let ran_periods = ran.saturating_add(slot.wall_period_ns / 2) / slot.wall_period_ns;
-                // The tick just passed (the one that made the ticker signal, or the first
-                // the thread ran into) is where it is now.
-                let current = ran_periods.max(1).min(wall);
+                // The ticks since it woke are this sample's: about `ran` ago if it has run
+                // since without a break; and at least the tick that just began, if the ticker
+                // signalled it (it found the thread had woken when the tick began).
+                let woke = crate::idle::tick_of(clock.saturating_sub(ran));
+                let since = crate::idle::behind(woke, now).max(u64::from(cpu == 0));
+                let current = since.min(wall);
                 repeat += wall - current;
                 wall = current;
             }

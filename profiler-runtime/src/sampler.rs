@@ -348,9 +348,12 @@ mod imp {
         seen_epoch: Option<u64>,
         looks: u8,
         seen_cpu_ns: u64,
-        /// Whether the thread is on the parked list (else the every-tick list), and where.
-        parked: bool,
+        /// The list the thread is on, and where; when it went warm.
+        list: List,
         pos: usize,
+        warm_since: u32,
+        /// Whether it has come back from parked at least once.
+        woke_before: bool,
         /// Whether the handler can flag it as woken (its index fits `idle::WOKEN`).
         can_park: bool,
         /// Credited periods from which the ring is flagged for the next drain (half of what
@@ -417,16 +420,30 @@ mod imp {
         Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
+    /// Which of the ticker's lists a member is on.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum List {
+        /// Running, or signalled and not yet found blocked: looked at every tick.
+        EveryTick,
+        /// Parked within the last second after running: looked at every tick too, so that a
+        /// thread that alternates short waits and work has its periods counted where they
+        /// fall (a bounded number of them: `warm_cap`).
+        Warm,
+        /// Parked for longer: looked at round robin within the budget.
+        Cold,
+    }
+
     /// The ticker's members: a table indexed by member index (stable while the thread is a
-    /// member; the handler flags woken threads by it), and two lists of indices: threads looked
-    /// at every tick, and parked threads looked at round robin within the budget.
+    /// member; the handler flags woken threads by it), and three lists of indices (see
+    /// [`List`]).
     #[derive(Default)]
     struct Members {
         table: Vec<Option<Member>>,
         free: Vec<u32>,
         every_tick: Vec<u32>,
-        parked: Vec<u32>,
-        /// Next position in `parked` for the round robin.
+        warm: Vec<u32>,
+        cold: Vec<u32>,
+        /// Next position in `cold` for the round robin.
         cursor: usize,
         started: bool,
         stopped: bool,
@@ -437,27 +454,33 @@ mod imp {
             self.table.get_mut(index as usize).and_then(Option::as_mut)
         }
 
-        fn list(&mut self, parked: bool) -> &mut Vec<u32> {
-            if parked {
-                &mut self.parked
-            } else {
-                &mut self.every_tick
+        fn list(&mut self, list: List) -> &mut Vec<u32> {
+            match list {
+                List::EveryTick => &mut self.every_tick,
+                List::Warm => &mut self.warm,
+                List::Cold => &mut self.cold,
             }
         }
 
-        fn push(&mut self, index: u32, parked: bool) {
-            let list = self.list(parked);
+        fn push(&mut self, index: u32, to: List, now: u32) {
+            let list = self.list(to);
             list.push(index);
             let pos = list.len() - 1;
             if let Some(m) = self.member(index) {
-                m.parked = parked;
-                m.pos = pos;
+                // A parked thread that comes back has woken at least once: one that waits and
+                // works in turn, which the warm list is for (not a thread parked since it
+                // registered).
+                m.woke_before |= to == List::EveryTick && m.list != List::EveryTick;
+                (m.list, m.pos) = (to, pos);
+                if to == List::Warm {
+                    m.warm_since = now;
+                }
             }
         }
 
         /// Takes the member at `pos` of a list out of it (the last one moves into its place).
-        fn remove_at(&mut self, parked: bool, pos: usize) {
-            let list = self.list(parked);
+        fn remove_at(&mut self, from: List, pos: usize) {
+            let list = self.list(from);
             if pos >= list.len() {
                 return;
             }
@@ -469,22 +492,48 @@ mod imp {
             }
         }
 
-        /// Credits every parked thread up to `now` (or signals it if it ran), so that profiles
-        /// about to be read hold all their periods, not only those up to each one's last look.
-        fn settle_parked(&mut self, now: u32) {
+        /// Moves the member at `pos` of `from` to `to`.
+        fn shift(&mut self, from: List, pos: usize, to: List, now: u32) {
+            if let Some(&index) = self.list(from).get(pos) {
+                self.remove_at(from, pos);
+                self.push(index, to, now);
+            }
+        }
+
+        /// Looks at every member of `list` (every tick, warm, or, to settle, cold), moving
+        /// those that ran to the every-tick list, and (from the every-tick list) those found
+        /// blocked to the warm one, or the cold one when the warm one is full.
+        fn look_at_all(&mut self, list: List, now: u32, warm_cap: usize) {
             let mut pos = 0;
-            while let Some(&index) = self.parked.get(pos) {
-                let still = self.member(index).is_some_and(|m| m.visit(now));
-                if still {
-                    pos += 1;
-                } else {
-                    self.remove_at(true, pos);
-                    self.push(index, false);
+            while let Some(&index) = self.list(list).get(pos) {
+                let (blocked, can_park, woke_before) = match self.member(index) {
+                    Some(m) => (m.visit(now), m.can_park, m.woke_before),
+                    None => (false, false, false),
+                };
+                let to = match (list, blocked && can_park) {
+                    (List::EveryTick, false) => None,
+                    (List::EveryTick, true) if woke_before && self.warm.len() < warm_cap => {
+                        Some(List::Warm)
+                    }
+                    (List::EveryTick, true) => Some(List::Cold),
+                    (_, false) => Some(List::EveryTick),
+                    (_, true) => None,
+                };
+                match to {
+                    Some(to) => self.shift(list, pos, to, now),
+                    None => pos += 1,
                 }
             }
         }
 
-        fn insert(&mut self, mut member: Member) -> u32 {
+        /// Credits every parked thread up to `now` (or signals it if it ran), so that profiles
+        /// about to be read hold all their periods, not only those up to each one's last look.
+        fn settle_parked(&mut self, now: u32) {
+            self.look_at_all(List::Warm, now, 0);
+            self.look_at_all(List::Cold, now, 0);
+        }
+
+        fn insert(&mut self, mut member: Member, now: u32) -> u32 {
             let index = match self.free.pop() {
                 Some(i) => i,
                 None => {
@@ -500,15 +549,15 @@ mod imp {
             });
             member.slot.idle.set_joined();
             self.table[index as usize] = Some(member);
-            self.push(index, false);
+            self.push(index, List::EveryTick, now);
             index
         }
 
         fn remove(&mut self, index: u32) {
             let Some(m) = self.member(index) else { return };
-            let (parked, pos) = (m.parked, m.pos);
+            let (list, pos) = (m.list, m.pos);
             m.slot.idle.set_member(crate::idle::NO_MEMBER);
-            self.remove_at(parked, pos);
+            self.remove_at(list, pos);
             self.table[index as usize] = None;
             self.free.push(index);
         }
@@ -517,17 +566,18 @@ mod imp {
             self.table.clear();
             self.free.clear();
             self.every_tick.clear();
-            self.parked.clear();
+            self.warm.clear();
+            self.cold.clear();
         }
 
         fn is_empty(&self) -> bool {
-            self.every_tick.is_empty() && self.parked.is_empty()
+            self.every_tick.is_empty() && self.warm.is_empty() && self.cold.is_empty()
         }
 
         /// Accounts tick `now`: threads flagged as woken go back to the every-tick list; every
-        /// thread on it is looked at (and parked if credited); then up to `budget` parked
-        /// threads, round robin.
-        fn tick(&mut self, now: u32, budget: usize) {
+        /// thread on it and on the warm list is looked at (warm ones parked for a second go
+        /// cold); then up to `budget` cold threads, round robin.
+        fn tick(&mut self, now: u32, budget: usize, warm_cap: usize, warm_ticks: u32) {
             let words = self.table.len().div_ceil(64).min(crate::idle::WOKEN_WORDS);
             for (w, word) in crate::idle::WOKEN[..words].iter().enumerate() {
                 if word.load(Ordering::Relaxed) == 0 {
@@ -537,40 +587,34 @@ mod imp {
                 while bits != 0 {
                     let index = (w * 64) as u32 + bits.trailing_zeros();
                     bits &= bits - 1;
-                    if let Some(&mut Member {
-                        parked: true, pos, ..
-                    }) = self.member(index)
-                    {
-                        self.remove_at(true, pos);
-                        self.push(index, false);
+                    if let Some(&mut Member { list, pos, .. }) = self.member(index) {
+                        if list != List::EveryTick {
+                            self.shift(list, pos, List::EveryTick, now);
+                        }
                     }
                 }
             }
-            let mut i = 0;
-            while let Some(&index) = self.every_tick.get(i) {
-                let park = match self.member(index) {
-                    Some(m) => m.visit(now) && m.can_park,
-                    None => false,
-                };
-                if park {
-                    self.remove_at(false, i);
-                    self.push(index, true);
+            self.look_at_all(List::EveryTick, now, warm_cap);
+            let mut pos = 0;
+            while let Some(&index) = self.warm.get(pos) {
+                let since = self.member(index).map_or(now, |m| m.warm_since);
+                if now.wrapping_sub(since) > warm_ticks {
+                    self.shift(List::Warm, pos, List::Cold, now);
                 } else {
-                    i += 1;
+                    pos += 1;
                 }
             }
-            for _ in 0..budget.min(self.parked.len()) {
-                if self.cursor >= self.parked.len() {
+            self.look_at_all(List::Warm, now, warm_cap);
+            for _ in 0..budget.min(self.cold.len()) {
+                if self.cursor >= self.cold.len() {
                     self.cursor = 0;
                 }
-                let index = self.parked[self.cursor];
+                let index = self.cold[self.cursor];
                 let still = self.member(index).is_some_and(|m| m.visit(now));
                 if still {
                     self.cursor += 1;
                 } else {
-                    let pos = self.cursor;
-                    self.remove_at(true, pos);
-                    self.push(index, false);
+                    self.shift(List::Cold, self.cursor, List::EveryTick, now);
                 }
             }
         }
@@ -580,8 +624,11 @@ mod imp {
         period_ns: u64,
         /// Start of tick 0 (ns on `CLOCK_MONOTONIC`).
         base_ns: u64,
-        /// Parked threads looked at per tick.
+        /// Cold threads looked at per tick.
         budget: usize,
+        /// At most this many warm threads (looked at every tick), each for `warm_ticks`.
+        warm_cap: usize,
+        warm_ticks: u32,
         members: Mutex<Members>,
         wake: Condvar,
     }
@@ -608,6 +655,8 @@ mod imp {
                     period_ns,
                     base_ns: crate::idle::start_ticks(period_ns),
                     budget: (VISITS_PER_SECOND / hz).max(1) as usize,
+                    warm_cap: (VISITS_PER_SECOND / hz).max(1) as usize,
+                    warm_ticks: hz as u32,
                     members: Mutex::new(Members::default()),
                     wake: Condvar::new(),
                 }),
@@ -634,19 +683,24 @@ mod imp {
                     .spawn(move || run(&shared))?;
                 m.started = true;
             }
-            let index = m.insert(Member {
-                slot: slot.clone(),
-                timer,
-                clock,
-                fired_at: None,
-                seen_epoch: None,
-                looks: 0,
-                seen_cpu_ns: 0,
-                parked: false,
-                pos: 0,
-                can_park: false,
-                take_at: crate::idle::CREDIT_CAPACITY / 2,
-            });
+            let index = m.insert(
+                Member {
+                    slot: slot.clone(),
+                    timer,
+                    clock,
+                    fired_at: None,
+                    seen_epoch: None,
+                    looks: 0,
+                    seen_cpu_ns: 0,
+                    list: List::EveryTick,
+                    pos: 0,
+                    warm_since: 0,
+                    woke_before: false,
+                    can_park: false,
+                    take_at: crate::idle::CREDIT_CAPACITY / 2,
+                },
+                crate::idle::ticks_now(),
+            );
             self.shared.wake.notify_one();
             Ok(WallMembership {
                 shared: self.shared.clone(),
@@ -713,7 +767,12 @@ mod imp {
             }
             let periods = last.map_or(1, |l| tick.saturating_sub(l).max(1));
             last = Some(tick);
-            m.tick(tick as u32, shared.budget.saturating_mul(periods as usize));
+            m.tick(
+                tick as u32,
+                shared.budget.saturating_mul(periods as usize),
+                shared.warm_cap,
+                shared.warm_ticks,
+            );
         }
     }
 
