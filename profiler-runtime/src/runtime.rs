@@ -209,10 +209,6 @@ fn start_locked(config: Config) -> Result<(), StartError> {
     };
     #[cfg(threadprof_sampling)]
     crate::unwind::refresh();
-    #[cfg(feature = "heap")]
-    if sampling && config.heap_interval > 0 {
-        crate::heap::start(config.heap_interval);
-    }
     let rt = Runtime {
         registry: Registry::new(&config, sampling),
         labels: crate::labels::LabelSets::new(config.max_label_sets),
@@ -227,6 +223,11 @@ fn start_locked(config: Config) -> Result<(), StartError> {
         Err(_) => return Err(StartError::AlreadyStarted),
     };
     let dump = DumpLoop::start(rt).map_err(StartError::Thread)?;
+    // Allocations are sampled once the dump thread is there to drain them.
+    #[cfg(feature = "heap")]
+    if rt.sampling && rt.config.heap_interval > 0 {
+        crate::heap::start(rt.config.heap_interval);
+    }
     let wake = dump.commands();
     rt.registry.set_on_retire(Box::new(move || {
         let _ = wake.send(crate::dump::Command::Retired);
@@ -342,6 +343,8 @@ pub fn shutdown() {
     if let Some(d) = dump {
         d.stop(FINAL_DUMP_TIMEOUT);
     }
+    #[cfg(feature = "heap")]
+    crate::heap::stop();
     crate::diagnostics::debug(format_args!("threadprof stopped"));
 }
 

@@ -739,6 +739,8 @@ mod imp {
     /// wake-up skips the ticks it missed), then accounts the current tick for its members:
     /// their periods since the last look are owed and counted by whoever looks next.
     fn run(shared: &TickerShared) {
+        #[cfg(feature = "heap")]
+        crate::heap::exclude_current_thread();
         let (base, period) = (shared.base_ns, shared.period_ns);
         let tick_at = |ns: u64| ns.saturating_sub(base) / period;
         let mut last: Option<u64> = None;

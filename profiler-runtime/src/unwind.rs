@@ -79,26 +79,39 @@ pub(crate) fn note_sigreturn(addr: u64) {
 pub(crate) fn sigreturn() -> u64 {
     SIGRETURN.load(Ordering::Relaxed)
 }
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Users of the unwinder in flight, counted by the parity of [`EPOCH`] when they began: a
+/// replaced unwinder is freed once the users of the epoch it was current in are gone, so a
+/// steady stream of new users (signal handlers, heap samples) cannot hold it forever.
+static IN_FLIGHT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+/// Bumped by `refresh` after each swap of [`CURRENT`].
+static EPOCH: AtomicUsize = AtomicUsize::new(0);
 static BUILT_FOR: Mutex<Option<Generation>> = Mutex::new(None);
 
-/// Held by the handler while it unwinds; keeps the current unwinder alive.
-pub(crate) struct UnwinderUse(*const CodeMap);
+/// Held by the handler (or a heap sample) while it unwinds; keeps the current unwinder alive.
+pub(crate) struct UnwinderUse(*const CodeMap, usize);
 
 impl UnwinderUse {
-    /// Async-signal-safe: two atomic operations.
+    /// Async-signal-safe: atomic operations only; the loop repeats only if `refresh` swapped
+    /// the unwinder in between (once per object load or unload).
     #[inline]
     pub(crate) fn begin() -> UnwinderUse {
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        UnwinderUse(CURRENT.load(Ordering::SeqCst))
+        loop {
+            let epoch = EPOCH.load(Ordering::SeqCst) & 1;
+            IN_FLIGHT[epoch].fetch_add(1, Ordering::SeqCst);
+            if EPOCH.load(Ordering::SeqCst) & 1 == epoch {
+                return UnwinderUse(CURRENT.load(Ordering::SeqCst), epoch);
+            }
+            IN_FLIGHT[epoch].fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// The code map, if one was built.
     #[inline]
     pub(crate) fn get(&self) -> Option<&CodeMap> {
-        // SAFETY: a non-null pointer came from `Box::into_raw` in `refresh`, and `refresh`
-        // frees a replaced unwinder only after IN_FLIGHT returned to zero, which cannot happen
-        // while this `UnwinderUse` (counted in IN_FLIGHT) is alive.
+        // SAFETY: a non-null pointer came from `Box::into_raw` in `refresh`. `refresh` frees a
+        // replaced unwinder only after the users counted in the epoch it was current in are
+        // gone; this one was counted before it loaded the pointer, in an epoch in which that
+        // pointer was (or had just been replaced as) current, so it is waited for.
         unsafe { self.0.as_ref() }
     }
 }
@@ -106,7 +119,7 @@ impl UnwinderUse {
 impl Drop for UnwinderUse {
     #[inline]
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        IN_FLIGHT[self.1].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -151,9 +164,11 @@ pub(crate) fn refresh() {
     if old.is_null() {
         return;
     }
-    // Handlers that loaded `old` are counted in IN_FLIGHT; new ones see the new pointer.
+    // Users that may have loaded `old` are counted under the epoch before this bump; users
+    // that begin after it see the new pointer.
+    let epoch = EPOCH.fetch_add(1, Ordering::SeqCst) & 1;
     let deadline = Instant::now() + Duration::from_secs(1);
-    while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
+    while IN_FLIGHT[epoch].load(Ordering::SeqCst) != 0 {
         if Instant::now() > deadline {
             crate::diagnostics::debug(format_args!(
                 "unwinder still in use after 1 s; leaking the replaced one"
@@ -163,7 +178,7 @@ pub(crate) fn refresh() {
         std::thread::sleep(Duration::from_micros(200));
     }
     // SAFETY: `old` came from Box::into_raw, is no longer reachable through CURRENT, and no
-    // handler holds it (IN_FLIGHT was zero after the swap).
+    // user holds it (the count of the epoch it was current in reached zero after the swap).
     drop(unsafe { Box::from_raw(old) });
 }
 

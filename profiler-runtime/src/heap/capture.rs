@@ -84,7 +84,7 @@ impl Lease {
     fn take(start: usize) -> Option<Lease> {
         let len = POOL_LEN.load(Ordering::Acquire);
         (0..len).find_map(|i| {
-            let p = POOL.get((start + i) % len.max(1))?;
+            let p = POOL.get(start.wrapping_add(i) % len.max(1))?;
             let cache = p.cache.load(Ordering::Acquire);
             if cache.is_null() || p.busy.swap(true, Ordering::Acquire) {
                 return None;

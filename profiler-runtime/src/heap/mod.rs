@@ -79,8 +79,11 @@
 //!   load); `EventRing::claim` (lock-free, see events.rs); `syscall(SYS_gettid)` once per
 //!   thread; `CURRENT_SLOT.try_with` (const TLS, no destructor) and `ThreadSlot::context` (two
 //!   relaxed loads) on a registered thread, or once per unregistered thread
-//!   `pthread_getattr_np` for its stack range (which, on the main thread, reads
-//!   `/proc/self/maps` through the C library's own `malloc`, never this allocator); `capture`
+//!   `pthread_getattr_np` for its stack range (glibc takes the thread's own descriptor lock
+//!   and calls its own `malloc`, never this allocator, and on the main thread reads
+//!   `/proc/self/maps`; errno is saved and restored around it). A program that routes the C
+//!   library's `malloc` into the Rust global allocator is not supported: glibc would call
+//!   back into this wrapper while holding that lock; `capture`
 //!   (three register reads, an atomic swap to take an unwind cache, `UnwinderUse::begin`/drop,
 //!   framehop's allocation-free walk, reads bounded to the thread's own stack);
 //!   `LiveTable::insert` (compare-and-swap); publishing the event (a release store); counters
@@ -238,6 +241,13 @@ pub(crate) fn start(interval: u64) -> bool {
     }
 }
 
+/// Stops sampling allocations (shutdown: nothing drains the samples after the last dump).
+/// Blocks sampled before keep their table entries, so their frees stay cheap lookups.
+pub(crate) fn stop() {
+    #[cfg(threadprof_sampling)]
+    sampling::INTERVAL.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Test support, not public API: `hook` runs inside the sampling path of every sampled
 /// allocation, with the reentrancy guard held (a test makes it allocate, to check that such
 /// allocations are skipped rather than recursed into). `None` removes it.
@@ -284,7 +294,7 @@ mod sampling {
     use crate::slot::CURRENT_SLOT;
 
     /// Mean bytes between samples; 0 while sampling is off.
-    static INTERVAL: AtomicU64 = AtomicU64::new(0);
+    pub(super) static INTERVAL: AtomicU64 = AtomicU64::new(0);
     pub(super) static LIVE: LiveTable = LiveTable::new();
     pub(super) static EVENTS: EventRing = EventRing::new();
     /// Set at the first allocation any thread makes through the wrapper while sampling is on.
@@ -478,8 +488,11 @@ mod sampling {
         // Uniform in (0, 1]: never 0, so the logarithm is finite.
         let u = ((r >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
         let count = -u.ln() * interval as f64;
-        // `as` saturates; NaN cannot occur (u is in (0, 1]).
-        (count as u64).max(1)
+        // Rounded up, so that an allocation of s bytes at the start of a countdown is sampled
+        // with probability exactly 1 − e^(−s/interval), as the weights assume (rounding down
+        // and then at least 1 over-sampled small allocations at small intervals). `as`
+        // saturates; NaN cannot occur (u is in (0, 1]).
+        (count.ceil() as u64).max(1)
     }
 
     fn splitmix(mut z: u64) -> u64 {
@@ -492,11 +505,6 @@ mod sampling {
     /// Records one sampled allocation: its event into the ring, its address into the table.
     #[inline(never)]
     fn record(t: &ThreadState, addr: u64, size: u64) {
-        let Some(mut claim) = EVENTS.claim() else {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let id = claim.id();
         let tid = thread_id(t);
         let slot = CURRENT_SLOT
             .try_with(Cell::get)
@@ -515,23 +523,35 @@ mod sampling {
             }
             None => (UNREGISTERED, 0, own_stack(t)),
         };
+        // The walk goes into this thread's stack first, and a ring cell is claimed only to
+        // copy it: a slow or stopped walk holds no cell that the dump thread would wait for.
+        let mut frames = [0u64; super::events::MAX_FRAMES];
+        let (len, mut flags) = super::capture::capture(stack, &mut frames, tid as usize);
+        if flags & DISCARD != 0 {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(mut claim) = EVENTS.claim() else {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let id = claim.id();
+        // An entry for this address can only be stale (a block freed without this wrapper,
+        // e.g. by C code): drop it, so that the next free ends this record, not that one.
+        while LIVE.remove(addr).is_some() {}
+        if !LIVE.insert(addr, id) {
+            flags |= UNTRACKED;
+            UNTRACKED_COUNT.fetch_add(1, Ordering::Relaxed);
+        }
+        SAMPLES.fetch_add(1, Ordering::Relaxed);
         let ev = claim.event();
         ev.addr = addr;
         ev.size = size;
         ev.tid = tid;
         ev.tag = tag;
         ev.labels = labels;
-        let (len, mut flags) = super::capture::capture(stack, &mut ev.frames, tid as usize);
+        ev.frames = frames;
         ev.len = len;
-        if flags & DISCARD != 0 {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-        } else {
-            if !LIVE.insert(addr, id) {
-                flags |= UNTRACKED;
-                UNTRACKED_COUNT.fetch_add(1, Ordering::Relaxed);
-            }
-            SAMPLES.fetch_add(1, Ordering::Relaxed);
-        }
         ev.flags = flags;
         // Published when `claim` drops, after the table insert: an event the dump thread
         // reads always has its table entry (unless already freed).
@@ -555,7 +575,14 @@ mod sampling {
         if known != (0, 0) {
             return known;
         }
+        // The C library may set errno on the way (musl's probe of the main thread's stack,
+        // glibc's read of /proc/self/maps): the host must not see it change across an
+        // allocation.
+        // SAFETY: __errno_location returns this thread's errno slot.
+        let errno = unsafe { *libc::__errno_location() };
         let bounds = crate::sampler::stack_bounds();
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = errno };
         // (1, 1): looked up and unknown; reads are then all refused.
         t.stack.set(if bounds == (0, 0) { (1, 1) } else { bounds });
         bounds
