@@ -18,8 +18,9 @@
 //!   words, a compare-and-swap loop (it retries only while another thread changes the word,
 //!   lock-free), `fetch_or` on the slot's word and on one word of a static bitmap (the index
 //!   is checked with `get`).
-//! - `UnwinderUse::begin`/drop: two `SeqCst` atomic operations; the unwinder it yields is never
-//!   freed while a handler holds it.
+//! - `UnwinderUse::begin`/drop: `SeqCst` atomic operations on static counters (a retry loop
+//!   that repeats only if the dump thread swapped the unwinder in between, once per object
+//!   load or unload); the unwinder it yields is never freed while a handler holds it.
 //! - framehop `iter_frames` with `MustNotAllocateDuringUnwind`: evaluates DWARF CFI with
 //!   fixed-size storage in the thread's preallocated cache; no allocation, no locks. Every
 //!   memory read it asks for goes through `StackReader` (stackread.rs): a direct load only

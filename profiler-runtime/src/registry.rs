@@ -560,7 +560,10 @@ impl Registry {
         // registration is dropping), so a wall period signalled just now is recorded before
         // its counters are read.
         drop(t.timers);
-        sampler::settle_wall(&t.record.slot);
+        // After shutdown nothing drains the ring, and periods since are not the profile's.
+        if inner.sampling {
+            sampler::settle_wall(&t.record.slot);
+        }
         inner.ended_recorded += t.record.slot.buffer.recorded();
         inner.ended_dropped += t.record.slot.buffer.dropped();
         inner.ended_cut_short += t.record.slot.cut_short.load(Ordering::Relaxed);

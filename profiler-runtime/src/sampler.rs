@@ -385,8 +385,12 @@ mod imp {
                 });
                 if blocked {
                     if let Some(count) = slot.idle.credit(seen, now) {
-                        self.seen_cpu_ns = cpu.unwrap_or(0);
-                        self.looks = self.looks.saturating_add(1);
+                        // A look counts once a tick has passed since the last (a thread
+                        // moved between lists can be looked at twice in one tick).
+                        if crate::idle::behind(seen.until(), now) > 0 {
+                            self.seen_cpu_ns = cpu.unwrap_or(0);
+                            self.looks = self.looks.saturating_add(1);
+                        }
                         if count >= self.take_at {
                             // The dump thread takes credits when it drains this ring (and from
                             // every thread before it writes a profile).
@@ -629,6 +633,8 @@ mod imp {
         /// At most this many warm threads (looked at every tick), each for `warm_ticks`.
         warm_cap: usize,
         warm_ticks: u32,
+        /// Periods between wake-ups while every member is cold (about 100 ms).
+        lazy_periods: u64,
         members: Mutex<Members>,
         wake: Condvar,
     }
@@ -657,6 +663,7 @@ mod imp {
                     budget: (VISITS_PER_SECOND / hz).max(1) as usize,
                     warm_cap: (VISITS_PER_SECOND / hz).max(1) as usize,
                     warm_ticks: hz as u32,
+                    lazy_periods: (hz / 10).max(1),
                     members: Mutex::new(Members::default()),
                     wake: Condvar::new(),
                 }),
@@ -744,17 +751,19 @@ mod imp {
         let (base, period) = (shared.base_ns, shared.period_ns);
         let tick_at = |ns: u64| ns.saturating_sub(base) / period;
         let mut last: Option<u64> = None;
+        let mut ahead = 1;
         let mut m = shared.lock();
         loop {
             while m.is_empty() && !m.stopped {
                 m = shared.wake.wait(m).unwrap_or_else(|e| e.into_inner());
-                last = None;
+                (last, ahead) = (None, 1);
             }
             if m.stopped {
                 return;
             }
             let now = crate::idle::monotonic_ns();
-            let wake_at = base.saturating_add((tick_at(now) + 1).saturating_mul(period));
+            let wake_at =
+                base.saturating_add(tick_at(now).saturating_add(ahead).saturating_mul(period));
             let wait = Duration::from_nanos(wake_at.saturating_sub(now));
             m = match shared.wake.wait_timeout(m, wait) {
                 Ok((m, _)) => m,
@@ -765,6 +774,7 @@ mod imp {
             }
             let tick = tick_at(crate::idle::monotonic_ns());
             if last == Some(tick) {
+                ahead = 1;
                 continue; // woken early (a thread joined): the tick is not over
             }
             let periods = last.map_or(1, |l| tick.saturating_sub(l).max(1));
@@ -775,6 +785,14 @@ mod imp {
                 shared.warm_cap,
                 shared.warm_ticks,
             );
+            // Every thread parked long: nothing to signal each period, and the looks can be
+            // made in batches. A thread that wakes meanwhile is sampled by its CPU timer (whose
+            // samples take its wall periods) and looked at every period from the next wake-up.
+            ahead = if m.every_tick.is_empty() && m.warm.is_empty() {
+                shared.lazy_periods
+            } else {
+                1
+            };
         }
     }
 

@@ -160,6 +160,10 @@ pub(crate) fn refresh() {
     }
     let (map, generation) = build();
     *built = Some(generation);
+    // Users counted under the other parity began before the previous refresh's bump; if that
+    // refresh timed out waiting for them, some may hold what is current now. Wait for them
+    // before replacing it (no new user counts under that parity, so this only drains).
+    let previous = wait_drained((EPOCH.load(Ordering::SeqCst) & 1) ^ 1);
     let old = CURRENT.swap(Box::into_raw(Box::new(map)), Ordering::SeqCst);
     if old.is_null() {
         return;
@@ -167,19 +171,28 @@ pub(crate) fn refresh() {
     // Users that may have loaded `old` are counted under the epoch before this bump; users
     // that begin after it see the new pointer.
     let epoch = EPOCH.fetch_add(1, Ordering::SeqCst) & 1;
+    if !(previous && wait_drained(epoch)) {
+        crate::diagnostics::debug(format_args!(
+            "unwinder still in use after 1 s; leaking the replaced one"
+        ));
+        return;
+    }
+    // SAFETY: `old` came from Box::into_raw and is no longer reachable through CURRENT; every
+    // user that could hold it was counted under one of the two parities, both of which
+    // drained after the swap.
+    drop(unsafe { Box::from_raw(old) });
+}
+
+/// Waits up to 1 s for the users counted under `parity` to finish; whether they did.
+fn wait_drained(parity: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(1);
-    while IN_FLIGHT[epoch].load(Ordering::SeqCst) != 0 {
+    while IN_FLIGHT[parity].load(Ordering::SeqCst) != 0 {
         if Instant::now() > deadline {
-            crate::diagnostics::debug(format_args!(
-                "unwinder still in use after 1 s; leaking the replaced one"
-            ));
-            return;
+            return false;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    // SAFETY: `old` came from Box::into_raw, is no longer reachable through CURRENT, and no
-    // user holds it (the count of the epoch it was current in reached zero after the swap).
-    drop(unsafe { Box::from_raw(old) });
+    true
 }
 
 /// Walks the stack from `pc` and `regs`, passing each frame's lookup address (leaf first) to
