@@ -273,9 +273,9 @@ fn child_idle_threads() {
 }
 
 /// Issue "Scale": 2,000 blocked registered threads with wall sampling on at 99 Hz cost a small
-/// fraction of a core (the design before this issue read every thread's CPU clock every
-/// period: about 20% of a core in a release build here, more in a debug one). The bound is a
-/// ratio of CPU time to elapsed time, with a wide margin for debug builds and noisy machines.
+/// fraction of a core. The bound is a ratio of CPU time to elapsed time: this debug build
+/// measured 0.5%, the design before this issue (every thread's CPU clock read every period)
+/// 33%; 5% leaves room for slow and noisy machines on both sides.
 #[test]
 fn two_thousand_idle_threads_cost_a_small_fraction_of_a_core_with_wall_sampling() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,5 +295,5 @@ fn two_thousand_idle_threads_cost_a_small_fraction_of_a_core_with_wall_sampling(
         "2,000 idle registered threads, wall 99 Hz: {:.2}% of a core",
         share * 100.0
     );
-    assert!(share < 0.15, "{:.2}% of a core", share * 100.0);
+    assert!(share < 0.05, "{:.2}% of a core", share * 100.0);
 }
