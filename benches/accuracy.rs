@@ -421,24 +421,7 @@ fn wall_child(hz: u32, seconds: f64, idle: usize) {
         .start()
         .expect("start");
     let run_for = Duration::from_secs_f64(seconds);
-    let idle_release = std::sync::Arc::new(std::sync::Barrier::new(idle + 1));
-    let idle_registered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let idle_threads: Vec<_> = (0..idle)
-        .map(|i| {
-            let (registered, release) = (idle_registered.clone(), idle_release.clone());
-            std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    let _g = threadprof_runtime::enter(&format!("idle{}", i % 16));
-                    registered.fetch_add(1, std::sync::atomic::Ordering::Release);
-                    release.wait();
-                })
-                .expect("spawn")
-        })
-        .collect();
-    while idle_registered.load(std::sync::atomic::Ordering::Acquire) < idle {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let (idle_threads, idle_release) = spawn_idle(idle);
     if idle > 0 {
         // Past their registration: each idle thread's first wall sample, its symbolization
         // on the dump thread, and a second of being parked.
@@ -555,23 +538,18 @@ fn wall_child(hz: u32, seconds: f64, idle: usize) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Process CPU seconds while `n` registered threads sleep for `seconds`, wall sampling at `hz`.
-fn idle_child(n: usize, hz: u32, seconds: f64) {
-    let _p = threadprof_runtime::Profiler::builder()
-        .output_dir(std::env::temp_dir().join(format!("accuracy-idle-{}", std::process::id())))
-        .wall_frequency(hz)
-        .dump_interval(Duration::from_secs(3600))
-        .start()
-        .expect("start");
-    // All registered, then all blocked (on the second barrier) while the process CPU is
-    // measured over `seconds`; registering and unregistering are not in the figure.
-    // Each thread registers, counts itself and blocks once (a second barrier would wake all of
-    // them in a herd that, at 10,000 threads, lasts into the measurement).
+/// `n` registered threads (64 KiB stacks) blocked on the returned barrier, once all have
+/// registered. Each blocks once: a second barrier would wake all of them in a herd that, at
+/// 10,000 threads, lasts into a measurement.
+fn spawn_idle(
+    n: usize,
+) -> (
+    Vec<std::thread::JoinHandle<()>>,
+    std::sync::Arc<std::sync::Barrier>,
+) {
     let registered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let release = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
-    let rss0 = status_kb("VmRSS:");
-    let t0 = Instant::now();
-    let threads: Vec<_> = (0..n)
+    let threads = (0..n)
         .map(|i| {
             let (registered, release) = (registered.clone(), release.clone());
             std::thread::Builder::new()
@@ -587,6 +565,22 @@ fn idle_child(n: usize, hz: u32, seconds: f64) {
     while registered.load(std::sync::atomic::Ordering::Acquire) < n {
         std::thread::sleep(Duration::from_millis(1));
     }
+    (threads, release)
+}
+
+/// Process CPU seconds while `n` registered threads sleep for `seconds`, wall sampling at `hz`.
+fn idle_child(n: usize, hz: u32, seconds: f64) {
+    let _p = threadprof_runtime::Profiler::builder()
+        .output_dir(std::env::temp_dir().join(format!("accuracy-idle-{}", std::process::id())))
+        .wall_frequency(hz)
+        .dump_interval(Duration::from_secs(3600))
+        .start()
+        .expect("start");
+    // All registered, then all blocked (on the second barrier) while the process CPU is
+    // measured over `seconds`; registering and unregistering are not in the figure.
+    let rss0 = status_kb("VmRSS:");
+    let t0 = Instant::now();
+    let (threads, release) = spawn_idle(n);
     let register_s = t0.elapsed().as_secs_f64();
     // Let registration settle (first wall signals, the dump thread's first drains).
     std::thread::sleep(Duration::from_millis(300));

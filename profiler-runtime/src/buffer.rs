@@ -9,7 +9,7 @@
 //! record does not fit, its periods are counted as dropped.
 //!
 //! The words live in a mapping, not in the allocator's heap: normally the one that holds the
-//! thread's signal stack ([`SampleBuffer::in_memory`], one mapping per thread so that ten
+//! thread's signal stack (`SampleBuffer::in_memory`, one mapping per thread so that ten
 //! thousand registered threads stay well under `vm.max_map_count`), else one of their own
 //! (`RingMemory`). A registered thread's ring is allocated on that thread, and with glibc each thread
 //! allocates from one of several arenas that return freed memory to the OS only from their top.

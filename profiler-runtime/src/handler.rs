@@ -328,15 +328,7 @@ fn maybe_restart(ret: i64) -> bool {
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we own; async-signal-safe per POSIX.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
+    crate::idle::clock_now_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// Writes frame lookup addresses (leaf first) into `record`; returns true if the stack was

@@ -73,19 +73,25 @@ pub(crate) static WOKEN: [AtomicU64; WOKEN_WORDS] = [const { AtomicU64::new(0) }
 /// No ticker member index (not a member, or past [`WOKEN`]'s capacity).
 pub(crate) const NO_MEMBER: u32 = u32::MAX;
 
-/// `CLOCK_MONOTONIC` in ns (async-signal-safe: `clock_gettime` is on POSIX's list).
+/// `clock` read in ns (async-signal-safe: `clock_gettime` is on POSIX's list); 0 if it fails.
+#[cfg(unix)]
+pub(crate) fn clock_now_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// `CLOCK_MONOTONIC` in ns (async-signal-safe).
 pub(crate) fn monotonic_ns() -> u64 {
     #[cfg(unix)]
     {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes only the timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        (ts.tv_sec as u64)
-            .wrapping_mul(1_000_000_000)
-            .wrapping_add(ts.tv_nsec as u64)
+        clock_now_ns(libc::CLOCK_MONOTONIC)
     }
     #[cfg(not(unix))]
     {
