@@ -81,6 +81,7 @@ impl ThreadSlot {
         wall_period_ns: u64,
         thread_cpu_ns: u64,
     ) -> ThreadSlot {
+        #[cfg(threadprof_sampling)]
         let ring_bytes = BUFFER_WORDS * std::mem::size_of::<u64>();
         #[cfg(threadprof_sampling)]
         let signal_stack = match crate::altstack::SignalStack::new(ring_bytes) {
