@@ -14,8 +14,9 @@
 //!   `SIGEV_THREAD_ID`, value `TIMER_WALL`, created unarmed at registration, armed 1 ns
 //!   ahead), once per handler run; one found blocked is *parked*. Parked threads are looked at
 //!   round robin, [`VISITS_PER_SECOND`] in all, each look crediting every period since the
-//!   last; a parked thread that runs is sampled by its CPU timer, whose handler flags it back
-//!   to the every-tick list. So idle threads cost a bounded number of looks per second, not one
+//!   last (those that wait and work in turn, on a small warm list, every tick); a parked
+//!   thread that runs is sampled by its CPU timer, whose handler flags it back to the
+//!   every-tick list. So idle threads cost a bounded number of looks per second, not one
 //!   per thread per period. A timer's signal, not a `tgkill`:
 //!   the kernel deletes timers and drops their pending signals at `execve`, while a `tgkill`
 //!   that lands during one stays pending across it, and the new program, whose SIGPROF action
@@ -324,13 +325,15 @@ mod imp {
         ) -> libc::c_int;
     }
 
-    /// Threads the ticker looks at, per second, among those parked (blocked where their last
-    /// wall sample found them, and credited without being signalled): about 0.3% of a core at
-    /// the 1–2 µs a look costs on a 2-core VM (a CPU-clock read: the kernel looks the thread
-    /// up; the credit; cache misses on its slot). A
-    /// parked thread is looked at every `parked / (VISITS_PER_SECOND / hz)` ticks and credited
-    /// every period since; one that wakes and runs is back on the every-tick list as soon as a
-    /// sample lands on it (its handler flags it in `idle::WOKEN`).
+    /// Threads the ticker looks at, per second, among those parked long (cold: blocked where
+    /// their last wall sample found them, and credited without being signalled): about 0.3% of
+    /// a core at the 1–2 µs a look costs on a 2-core VM (a CPU-clock read: the kernel looks the
+    /// thread up; the credit; cache misses on its slot). A cold thread is looked at every
+    /// `cold / (VISITS_PER_SECOND / hz)` ticks and credited every period since; one that wakes
+    /// and runs is back on the every-tick list as soon as a sample lands on it (its handler
+    /// flags it in `idle::WOKEN`). Threads parked again after waking (warm) are looked at every
+    /// tick for a second, at most `VISITS_PER_SECOND / hz` of them; while every thread is cold
+    /// the ticker wakes every 100 ms and makes the looks in batches.
     pub(crate) const VISITS_PER_SECOND: u64 = 2_000;
 
     /// One registered thread as the ticker sees it (identified by its slot).
