@@ -450,8 +450,15 @@ impl<'o> Locations<'o> {
         symbols: &mut Symbolizer,
         addr: u64,
     ) -> u64 {
+        let mapping_id = self.mapping_id(b, addr);
+        let frames = symbols.resolve(addr, self.objects);
+        b.location(mapping_id, addr, &frames)
+    }
+
+    /// The id of the mapping holding `addr` (made at the first location in its object), or 0.
+    fn mapping_id(&mut self, b: &mut ProfileBuilder, addr: u64) -> u64 {
         let objects = self.objects;
-        let mapping_id = match objects.iter().position(|o| o.text.contains(&addr)) {
+        match objects.iter().position(|o| o.text.contains(&addr)) {
             Some(i) => match (self.mapping_ids.get_mut(i), objects.get(i)) {
                 (Some(id), Some(o)) => {
                     *id.get_or_insert_with(|| b.mapping(Self::mapping(o), &o.path, &o.build_id))
@@ -459,9 +466,7 @@ impl<'o> Locations<'o> {
                 _ => 0,
             },
             None => 0,
-        };
-        let frames = symbols.resolve(addr, objects);
-        b.location(mapping_id, addr, &frames)
+        }
     }
 
     /// As [`Self::location`], with the address's leading (innermost) inline frames whose name
@@ -484,16 +489,7 @@ impl<'o> Locations<'o> {
         if skip == 0 {
             return self.location(b, symbols, addr);
         }
-        let objects = self.objects;
-        let mapping_id = match objects.iter().position(|o| o.text.contains(&addr)) {
-            Some(i) => match (self.mapping_ids.get_mut(i), objects.get(i)) {
-                (Some(id), Some(o)) => {
-                    *id.get_or_insert_with(|| b.mapping(Self::mapping(o), &o.path, &o.build_id))
-                }
-                _ => 0,
-            },
-            None => 0,
-        };
+        let mapping_id = self.mapping_id(b, addr);
         b.location(mapping_id, addr, frames.get(skip..).unwrap_or_default())
     }
 }

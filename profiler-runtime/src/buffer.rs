@@ -234,16 +234,7 @@ impl SampleBuffer {
         let cap = capacity_words
             .max(2 * (MAX_DEPTH + HEADER_WORDS as usize))
             .next_power_of_two();
-        SampleBuffer {
-            words: RingMemory::new(cap),
-            mask: cap as u64 - 1,
-            head: AtomicU64::new(0),
-            tail: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            recorded: AtomicU64::new(0),
-            pending: AtomicBool::new(false),
-            pending_index: AtomicU32::new(NO_PENDING_INDEX),
-        }
+        SampleBuffer::over(RingMemory::new(cap))
     }
 
     /// A buffer in memory the caller provides: `words` zeroed, 8-byte aligned words at `ptr`,
@@ -258,20 +249,25 @@ impl SampleBuffer {
             return None;
         }
         let ptr = std::ptr::NonNull::new(ptr.cast::<AtomicU64>())?;
-        Some(SampleBuffer {
-            words: RingMemory {
-                ptr,
-                len: words,
-                owner: RingOwner::Borrowed,
-            },
-            mask: words as u64 - 1,
+        Some(SampleBuffer::over(RingMemory {
+            ptr,
+            len: words,
+            owner: RingOwner::Borrowed,
+        }))
+    }
+
+    /// A buffer over `words` (a power of two long).
+    fn over(words: RingMemory) -> SampleBuffer {
+        SampleBuffer {
+            mask: words.len as u64 - 1,
+            words,
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             pending: AtomicBool::new(false),
             pending_index: AtomicU32::new(NO_PENDING_INDEX),
-        })
+        }
     }
 
     /// Producer: starts a record if a record of the deepest size fits; if not, the caller
