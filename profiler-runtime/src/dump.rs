@@ -73,6 +73,16 @@ pub fn __inject_dump_panic() {
 /// How often rings are drained between dumps.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// How long the dump thread may wait between drains after one that found nothing: as long as
+/// a ring cannot fill meanwhile (about 100 records of the deepest stacks per 1,000 periods a
+/// second of the two clocks together, hence 100 ms × 1,000 / (cpu Hz + wall Hz)), and at most
+/// 1 s. An idle process then costs its dump thread one wake-up a second at the default 99 Hz,
+/// not ten; a drain that finds something goes back to every 100 ms.
+fn idle_drain(cpu_hz: u32, wall_hz: u32) -> Duration {
+    let hz = u64::from(cpu_hz) + u64::from(wall_hz);
+    (DRAIN_EVERY * 1000 / hz.max(1) as u32).clamp(DRAIN_EVERY, Duration::from_secs(1))
+}
+
 pub(crate) enum Command {
     /// Write now and acknowledge.
     Flush(Sender<()>),
@@ -118,6 +128,10 @@ struct DumpState {
     aggregator: Aggregator,
     symbols: Symbolizer,
     handler_lost_reported: bool,
+    /// Whether the last tick found something to drain (records, drops), wrote, or serves a
+    /// window or heap samples: then the next drain is due in [`DRAIN_EVERY`], else in
+    /// [`idle_drain`].
+    busy: bool,
     periods: Periods,
     windows: std::collections::HashMap<u64, Window>,
     /// Every object seen loaded (path, addresses, build id; no unwind data), kept after it is
@@ -145,6 +159,7 @@ impl DumpLoop {
             aggregator: Aggregator::new(periods, rt.started),
             symbols: Symbolizer::new(rt.config.debuginfo),
             handler_lost_reported: false,
+            busy: true,
             periods,
             windows: std::collections::HashMap::new(),
             seen_objects: Vec::new(),
@@ -241,7 +256,12 @@ impl DumpState {
                     )
                 );
             self.guarded("tick", |s| s.tick(write, every_thread));
-            next_drain = Instant::now() + DRAIN_EVERY;
+            next_drain = Instant::now()
+                + if self.busy {
+                    DRAIN_EVERY
+                } else {
+                    idle_drain(self.rt.config.frequency, self.rt.config.wall_frequency)
+                };
             if due {
                 // Skip intervals missed while a dump was slow rather than bursting.
                 while next_dump <= Instant::now() {
@@ -383,6 +403,11 @@ impl DumpState {
         // Heap events first, while the names of threads that ended are still known.
         self.drain_heap();
         let mut stats = DrainStats::default();
+        self.busy = write || !self.windows.is_empty();
+        #[cfg(all(feature = "heap", threadprof_sampling))]
+        {
+            self.busy |= self.heap.is_some();
+        }
         self.drain_retired(&mut stats);
         let live = if every_thread {
             self.rt.registry.live_records()
@@ -390,6 +415,7 @@ impl DumpState {
             self.rt.registry.pending_records()
         };
         self.drain(&live, &mut stats);
+        self.busy |= stats.records > 0 || stats.newly_dropped > 0;
         if stats.newly_dropped > 0 {
             warn(
                 "dropped-samples",
