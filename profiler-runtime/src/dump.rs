@@ -289,6 +289,8 @@ impl DumpState {
                     Aggregator::new(self.periods, std::time::SystemTime::now()).keeping_spans();
                 self.windows.insert(id, Window { aggregator, tag });
                 self.count_windows();
+                // Drain into it every 100 ms from now on (the tick before decided without it).
+                self.busy = true;
             }
             Command::CloseWindow(id, view, reply) => {
                 if let Some(w) = self.windows.remove(&id) {
@@ -447,6 +449,7 @@ impl DumpState {
     fn drain(&mut self, threads: &[ThreadRecord], stats: &mut DrainStats) {
         let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
         let found = self.aggregator.drain(threads, &mut windows);
+        stats.records += found.records;
         stats.newly_dropped += found.newly_dropped;
         self.rt.registry.add_credited(found.credited);
     }

@@ -162,7 +162,7 @@ pub(crate) fn refresh() {
     *built = Some(generation);
     // Users counted under the other parity began before the previous refresh's bump; if that
     // refresh timed out waiting for them, some may hold what is current now. Wait for them
-    // before replacing it (no new user counts under that parity, so this only drains).
+    // before replacing it (new users count under the other parity, so this only drains).
     let previous = wait_drained((EPOCH.load(Ordering::SeqCst) & 1) ^ 1);
     let old = CURRENT.swap(Box::into_raw(Box::new(map)), Ordering::SeqCst);
     if old.is_null() {
