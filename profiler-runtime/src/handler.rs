@@ -8,13 +8,13 @@
 //!   alternate stack).
 //! - `CURRENT_SLOT.try_with`: a const-initialised `thread_local!` without destructor, i.e. a
 //!   plain TLS load; `try_with` cannot panic.
-//! - `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` (wall samples only): listed async-signal-safe by
-//!   POSIX.
+//! - `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` (samples that carry wall periods, and the first
+//!   sample of a thread that was parked): listed async-signal-safe by POSIX.
 //! - `idle::monotonic_ns`/`tick_of`: `clock_gettime(CLOCK_MONOTONIC)` (listed
 //!   async-signal-safe by POSIX) and two atomic loads of static words, then a division by a
 //!   period checked to be non-zero.
 //! - `IdleCredit::joined`/`note_run`/`load`/`close`/`open`/`mark_ns`/`note_woken`: atomic
-//!   loads and a relaxed `fetch_add` of the slot's own
+//!   loads and stores of the slot's own
 //!   words, a compare-and-swap loop (it retries only while another thread changes the word,
 //!   lock-free), `fetch_or` on the slot's word and on one word of a static bitmap (the index
 //!   is checked with `get`).
@@ -205,8 +205,6 @@ unsafe fn take_sample(slot: &ThreadSlot, info: *mut siginfo_t, context: *mut c_v
                 None => slot.buffer.count_dropped(repeat),
             }
         }
-    } else if cpu == 0 {
-        return;
     }
     if cpu == 0 && wall == 0 {
         return;
@@ -328,7 +326,7 @@ fn maybe_restart(ret: i64) -> bool {
 }
 
 fn thread_cpu_ns() -> u64 {
-    crate::idle::clock_now_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+    crate::idle::clock_now_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
 }
 
 /// Writes frame lookup addresses (leaf first) into `record`; returns true if the stack was

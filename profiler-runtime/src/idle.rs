@@ -73,25 +73,30 @@ pub(crate) static WOKEN: [AtomicU64; WOKEN_WORDS] = [const { AtomicU64::new(0) }
 /// No ticker member index (not a member, or past [`WOKEN`]'s capacity).
 pub(crate) const NO_MEMBER: u32 = u32::MAX;
 
-/// `clock` read in ns (async-signal-safe: `clock_gettime` is on POSIX's list); 0 if it fails.
+/// `clock` read in ns, `None` if it cannot be read (async-signal-safe: `clock_gettime` is on
+/// POSIX's list). The one clock reader of the handler, the ticks and the ticker.
 #[cfg(unix)]
-pub(crate) fn clock_now_ns(clock: libc::clockid_t) -> u64 {
+pub(crate) fn clock_now_ns(clock: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes only the timespec we own.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(
+        (ts.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(ts.tv_nsec as u64),
+    )
 }
 
 /// `CLOCK_MONOTONIC` in ns (async-signal-safe).
 pub(crate) fn monotonic_ns() -> u64 {
     #[cfg(unix)]
     {
-        clock_now_ns(libc::CLOCK_MONOTONIC)
+        clock_now_ns(libc::CLOCK_MONOTONIC).unwrap_or(0)
     }
     #[cfg(not(unix))]
     {
@@ -214,9 +219,12 @@ impl IdleCredit {
         self.mark_ns.load(Ordering::Relaxed)
     }
 
-    /// Handler: counts a run (relaxed: the ticker only compares readings).
+    /// Handler: counts a run (relaxed: the ticker only compares readings). A load and a store,
+    /// not a read-modify-write: only this thread's handler writes the count, and it does not
+    /// interrupt itself.
     pub(crate) fn note_run(&self) {
-        self.runs.fetch_add(1, Ordering::Relaxed);
+        let runs = self.runs.load(Ordering::Relaxed);
+        self.runs.store(runs.wrapping_add(1), Ordering::Relaxed);
     }
 
     /// Handler runs so far (see [`Self::note_run`]).

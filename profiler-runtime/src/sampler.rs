@@ -336,6 +336,10 @@ mod imp {
     /// the ticker wakes every 100 ms and makes the looks in batches.
     pub(crate) const VISITS_PER_SECOND: u64 = 2_000;
 
+    /// Credited periods from which a thread's ring is flagged for the next drain: half of what
+    /// a credit holds (profiles about to be read take every thread's credits anyway).
+    const TAKE_AT: u64 = crate::idle::CREDIT_CAPACITY / 2;
+
     /// One registered thread as the ticker sees it (identified by its slot).
     struct Member {
         slot: Arc<ThreadSlot>,
@@ -359,9 +363,6 @@ mod imp {
         woke_before: bool,
         /// Whether the handler can flag it as woken (its index fits `idle::WOKEN`).
         can_park: bool,
-        /// Credited periods from which the ring is flagged for the next drain (half of what
-        /// the credit holds; profiles about to be read take every thread's credits anyway).
-        take_at: u64,
     }
 
     impl Member {
@@ -375,7 +376,7 @@ mod imp {
                 if self.seen_epoch != Some(seen.epoch()) {
                     (self.seen_epoch, self.looks) = (Some(seen.epoch()), 0);
                 }
-                let cpu = clock_ns(self.clock);
+                let cpu = crate::idle::clock_now_ns(self.clock);
                 // The first two looks after the handler parked the thread allow it the CPU of
                 // its way back into the call (it may not have been scheduled to finish that at
                 // the first); later ones, none.
@@ -394,7 +395,7 @@ mod imp {
                             self.seen_cpu_ns = cpu.unwrap_or(0);
                             self.looks = self.looks.saturating_add(1);
                         }
-                        if count >= self.take_at {
+                        if count >= TAKE_AT {
                             // The dump thread takes credits when it drains this ring (and from
                             // every thread before it writes a profile).
                             slot.buffer.mark_pending();
@@ -413,18 +414,6 @@ mod imp {
             }
             false
         }
-    }
-
-    fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes only the timespec we own.
-        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-            return None;
-        }
-        Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
     /// Which of the ticker's lists a member is on.
@@ -707,7 +696,6 @@ mod imp {
                     warm_since: 0,
                     woke_before: false,
                     can_park: false,
-                    take_at: crate::idle::CREDIT_CAPACITY / 2,
                 },
                 crate::idle::ticks_now(),
             );
@@ -871,7 +859,7 @@ mod imp {
 
     /// The calling thread's CPU time in ns.
     pub fn thread_cpu_ns() -> u64 {
-        clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
+        crate::idle::clock_now_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
     }
 }
 
