@@ -9,18 +9,94 @@
 //!    `inuse_space` per tag against the bytes the bench counted itself (default interval).
 //! 2. Cost: small allocations and frees on 2 threads, through `threadprof::Allocator` around
 //!    an allocator and through that allocator alone, alternating in one process; ns per
-//!    allocation+free pair, at the default interval, at 64 KiB, and with sampling off.
+//!    allocation+free pair, at the default interval, at 64 KiB, and with sampling off. Then the
+//!    same comparison on an allocation-heavy workload of ordinary Rust code (strings, a
+//!    vector of fields, a hash map, boxed buffers) through the global allocator: this bench's
+//!    global allocator sends each call either through the wrapper or straight to the inner
+//!    allocator, switched between rounds (the switch, one predictable branch, is in both).
 //! 3. Tracking memory for 100,000 live sampled allocations (interval 1 byte: all sampled),
 //!    against the same program with sampling off.
 //! 4. RSS during a soak of steady allocation (`HEAP_SOAK_SECONDS`, default 10, 3 in quick
 //!    mode), with sampling at the default interval and off.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
-static ALLOC: threadprof::Allocator = threadprof::Allocator::system();
+static ALLOC: Switch = Switch;
+
+/// The global allocator of this bench: `threadprof::Allocator` around the system allocator or
+/// mimalloc (`HEAP_BENCH_MIMALLOC` set, read at the first allocation), or that inner allocator
+/// alone while `MODE` is `PLAIN` or `COUNT` (the workload rows of case 2; everything else runs
+/// wrapped).
+struct Switch;
+
+const PLAIN: u8 = 0;
+const WRAP: u8 = 1;
+/// Plain, and allocations are counted per thread (`ALLOCATIONS`).
+const COUNT: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(WRAP);
+/// 0: not read yet; 1: the system allocator; 2: mimalloc.
+static INNER: AtomicU8 = AtomicU8::new(0);
+static W_SYSTEM: threadprof::Allocator = threadprof::Allocator::system();
+static W_MIMALLOC: threadprof::Allocator<mimalloc::MiMalloc> =
+    threadprof::Allocator::new(mimalloc::MiMalloc);
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+#[inline(always)]
+fn inner() -> u8 {
+    let v = INNER.load(Ordering::Relaxed);
+    if v != 0 {
+        return v;
+    }
+    // SAFETY: getenv with a NUL-terminated name; it neither allocates nor calls back here.
+    let mi = unsafe { !libc::getenv(c"HEAP_BENCH_MIMALLOC".as_ptr()).is_null() };
+    let v = if mi { 2 } else { 1 };
+    INNER.store(v, Ordering::Relaxed);
+    v
+}
+
+macro_rules! switch {
+    ($count:expr, $method:ident($($arg:expr),*)) => {{
+        let mode = MODE.load(Ordering::Relaxed);
+        if $count && mode == COUNT {
+            let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        }
+        // SAFETY: forwarded with the caller's guarantees; a process uses one inner allocator
+        // for its whole life, so a block always goes back to the allocator that made it.
+        unsafe {
+            match (inner(), mode == WRAP) {
+                (2, true) => W_MIMALLOC.$method($($arg),*),
+                (2, false) => mimalloc::MiMalloc.$method($($arg),*),
+                (_, true) => W_SYSTEM.$method($($arg),*),
+                (_, false) => System.$method($($arg),*),
+            }
+        }
+    }};
+}
+
+// SAFETY: every call is forwarded (see `switch!`).
+unsafe impl GlobalAlloc for Switch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        switch!(true, alloc(layout))
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        switch!(true, alloc_zeroed(layout))
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        switch!(false, dealloc(ptr, layout))
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        switch!(true, realloc(ptr, layout, new_size))
+    }
+}
 
 const CHILD: &str = "HEAP_BENCH_CHILD";
 const MIB: usize = 1 << 20;
@@ -29,6 +105,7 @@ fn main() {
     match std::env::var(CHILD).ok().as_deref() {
         Some("accuracy") => child_accuracy(),
         Some("cost") => child_cost(),
+        Some("workload") => child_workload(),
         Some("tracking") => child_tracking(),
         Some("soak") => child_soak(),
         Some(other) => panic!("unknown case {other}"),
@@ -91,6 +168,7 @@ fn parent() {
     }
     if runs_case("2") {
         cost_table();
+        workload_table();
     }
     if runs_case("3") {
         tracking_table();
@@ -146,6 +224,33 @@ fn cost_table() {
                 r["plain_ns"],
                 r["wrapped_ns"],
                 r["wrapped_ns"] / r["plain_ns"]
+            );
+        }
+    }
+}
+
+fn workload_table() {
+    println!("\n## 2b. Cost on an allocation-heavy workload: 2 threads of ordinary Rust code (format, split into owned fields, a hash map of 1,000 keys, boxed buffers), ns per iteration (medians of rounds)\n");
+    println!("| interval | inner | inner alone | through the wrapper | ratio | allocations per iteration | allocations per second (2 threads, wrapped) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (label, interval) in [
+        ("512 KiB (default)", "524288"),
+        ("64 KiB", "65536"),
+        ("0 (off)", "0"),
+    ] {
+        for (inner, mi) in [("System (glibc)", false), ("mimalloc", true)] {
+            let mut env = vec![("THREADPROF_HEAP_INTERVAL", interval)];
+            if mi {
+                env.push(("HEAP_BENCH_MIMALLOC", "1"));
+            }
+            let r = &run("workload", &env)[0];
+            println!(
+                "| {label} | {inner} | {:.1} | {:.1} | {:.3} | {:.1} | {:.1} M |",
+                r["plain_ns"],
+                r["wrapped_ns"],
+                r["wrapped_ns"] / r["plain_ns"],
+                r["allocs_per_iter"],
+                2.0 * r["allocs_per_iter"] / r["wrapped_ns"] * 1e3
             );
         }
     }
@@ -291,40 +396,45 @@ fn pairs<A: GlobalAlloc + Sync>(a: &'static A, n: usize) -> f64 {
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..2u64 {
-            s.spawn(move || {
-                let mut live = [std::ptr::null_mut::<u8>(); 16];
-                let mut x = 0x9e37_79b9u64 + t;
-                for i in 0..n {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let size = 16 + (x % 241) as usize;
-                    let slot = i % live.len();
-                    // SAFETY: each block is freed once with the layout it was allocated with
-                    // (its size is stored in its first word).
-                    unsafe {
-                        if !live[slot].is_null() {
-                            let old = live[slot];
-                            let old_size = *(old as *const usize);
-                            a.dealloc(old, Layout::from_size_align_unchecked(old_size, 8));
-                        }
-                        let p = a.alloc(Layout::from_size_align_unchecked(size, 8));
-                        assert!(!p.is_null());
-                        *(p as *mut usize) = size;
-                        live[slot] = black_box(p);
-                    }
-                }
-                for p in live.into_iter().filter(|p| !p.is_null()) {
-                    // SAFETY: as above.
-                    unsafe {
-                        let size = *(p as *const usize);
-                        a.dealloc(p, Layout::from_size_align_unchecked(size, 8));
-                    }
-                }
-            });
+            s.spawn(move || pair_loop(a, n, 0x9e37_79b9u64 + t));
         }
     });
     start.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// One thread's loop of `pairs` (not inlined, so that an instruction count per allocator can
+/// be read off `valgrind --tool=callgrind`).
+#[inline(never)]
+fn pair_loop<A: GlobalAlloc>(a: &A, n: usize, seed: u64) {
+    let mut live = [std::ptr::null_mut::<u8>(); 16];
+    let mut x = seed;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let size = 16 + (x % 241) as usize;
+        let slot = i % live.len();
+        // SAFETY: each block is freed once with the layout it was allocated with (its size is
+        // stored in its first word).
+        unsafe {
+            if !live[slot].is_null() {
+                let old = live[slot];
+                let old_size = *(old as *const usize);
+                a.dealloc(old, Layout::from_size_align_unchecked(old_size, 8));
+            }
+            let p = a.alloc(Layout::from_size_align_unchecked(size, 8));
+            assert!(!p.is_null());
+            *(p as *mut usize) = size;
+            live[slot] = black_box(p);
+        }
+    }
+    for p in live.into_iter().filter(|p| !p.is_null()) {
+        // SAFETY: as above.
+        unsafe {
+            let size = *(p as *const usize);
+            a.dealloc(p, Layout::from_size_align_unchecked(size, 8));
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -363,6 +473,74 @@ fn child_cost() {
     );
     let s = threadprof::stats();
     eprintln!("samples={} dropped={}", s.heap_samples, s.heap_dropped);
+}
+
+/// One thread's allocation-heavy loop of ordinary code; returns a checksum.
+#[inline(never)]
+fn workload(iterations: usize, seed: u64) -> u64 {
+    let mut map: HashMap<String, Vec<u64>> = HashMap::with_capacity(1024);
+    let mut x = seed | 1;
+    let mut sum = 0u64;
+    for _ in 0..iterations {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // A request line, split into owned fields (one String each, one Vec).
+        let line = format!("user-{},GET,/items/{},{}", x % 1000, x % 97, x >> 40);
+        let fields: Vec<String> = line.split(',').map(str::to_owned).collect();
+        // A map of 1,000 keys: the key is allocated, and a new entry's vector grows once.
+        let key = fields[0].clone();
+        map.entry(key).or_default().push(x);
+        if let Some(v) = map.get_mut(&fields[0]) {
+            if v.len() > 4 {
+                v.clear();
+                v.shrink_to_fit();
+            }
+        }
+        // A buffer of 64 B to 1 KiB, written and read.
+        let len = 64 + (x % 961) as usize;
+        let buf = vec![(x & 0xff) as u8; len].into_boxed_slice();
+        sum = sum.wrapping_add(buf[len / 2] as u64 + fields.len() as u64);
+    }
+    sum.wrapping_add(map.len() as u64)
+}
+
+fn child_workload() {
+    let _p = start(Duration::from_secs(3600));
+    let n = if quick() { 200_000 } else { 600_000 };
+    let rounds = if quick() { 5 } else { 9 };
+    let round = |mode: u8| {
+        MODE.store(mode, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let counted = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..2u64)
+                .map(|t| {
+                    s.spawn(move || {
+                        black_box(workload(n, 0x51_7cc1 + t));
+                        ALLOCATIONS.with(Cell::get)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).sum::<u64>()
+        });
+        let ns = t0.elapsed().as_nanos() as f64 / n as f64;
+        MODE.store(WRAP, Ordering::Relaxed);
+        (ns, counted)
+    };
+    // Warm-up, and the allocations per iteration (counted per thread, so nothing else counts).
+    let (_, counted) = round(COUNT);
+    round(WRAP);
+    let (mut plain, mut wrapped) = (vec![], vec![]);
+    for _ in 0..rounds {
+        plain.push(round(PLAIN).0);
+        wrapped.push(round(WRAP).0);
+    }
+    println!(
+        "RESULT plain_ns={} wrapped_ns={} allocs_per_iter={}",
+        median(plain),
+        median(wrapped),
+        counted as f64 / (2 * n) as f64
+    );
 }
 
 fn rss_kib() -> f64 {

@@ -1,5 +1,5 @@
 //! `LiveTable`: the addresses of sampled allocations that are still live, so that a free can
-//! tell in one or two loads whether the block it frees was sampled.
+//! tell in one load whether the block it frees may have been sampled.
 //!
 //! Owns one anonymous mapping (made once, at start, never freed): 32,768 buckets of 8 entries
 //! (`addr`, `id`) and one byte per bucket whose bits say which entries are in use. An address
@@ -8,14 +8,21 @@
 //! is most of the way to its 262,144 entries. A full pair of buckets makes the sample
 //! *untracked*: it counts in `alloc_*`, not in `inuse_*` (counted in `Stats::heap_untracked`).
 //!
-//! - Free of an unsampled block (the hot path): [`LiveTable::maybe_contains`] loads the two
-//!   occupancy bytes (a 32 KiB array, relaxed loads); both zero means "not sampled".
-//! - Insert (a sampled allocation, before its pointer is returned): claim a free bit with a
-//!   compare-and-swap on the occupancy byte, then write the entry. Lock-free.
-//! - Remove (free of a block whose bucket has entries): compare the bucket's occupied entries
-//!   with the address; on a match, clear the entry, then its bit. Only the owner of a block
-//!   frees it, so two removes of one address never race, and the insert of an address
-//!   happened before any free of it (the pointer was published after the insert).
+//! In front of it, the *filter*: a static array of 32,768 one-byte counters (32 KiB in the
+//! program's zeroed data, no pointer to load), each counting the table's entries whose address
+//! hashes to it (a third hash, independent of the buckets).
+//!
+//! - Free of an unsampled block (the hot path): [`maybe_contains`] is one relaxed load of the
+//!   address's counter; zero means "not sampled". A counter is raised before its entry is
+//!   written and lowered after its entry is cleared, both with atomic read-modify-writes, so
+//!   it is never below the number of entries behind it (a counter that would pass 255 refuses
+//!   the entry: untracked).
+//! - Insert (a sampled allocation, before its pointer is returned): raise the counter, claim a
+//!   free bit with a compare-and-swap on the occupancy byte, then write the entry. Lock-free.
+//! - Remove (free of a block whose counter is not zero): compare the buckets' occupied entries
+//!   with the address; on a match, clear the entry, then its bit, then lower the counter. Only
+//!   the owner of a block frees it, so two removes of one address never race, and the insert
+//!   of an address happened before any free of it (the pointer was published after the insert).
 //! - [`LiveTable::contains`] (dump thread): whether `(addr, id)` is still in the table.
 //!
 //! No locks anywhere, so a fork or a signal cannot strand one; no allocation.
@@ -46,6 +53,31 @@ struct Region {
 
 /// Bytes the table maps (virtual; pages become resident as entries are written).
 pub(crate) const MAPPED_BYTES: usize = std::mem::size_of::<Region>();
+
+/// Counters in the filter (a power of two).
+const FILTER_SLOTS: usize = 1 << 15;
+const FILTER_BITS: u32 = 15;
+/// Bytes of the filter (static, zeroed).
+pub(crate) const FILTER_BYTES: usize = FILTER_SLOTS;
+
+/// See the module doc. Static, so the hot path loads no pointer and checks no null: before
+/// the table is mapped, and in a forked child, every counter is zero or its entry is refused
+/// by the (missing) table.
+static FILTER: [AtomicU8; FILTER_SLOTS] = [const { AtomicU8::new(0) }; FILTER_SLOTS];
+
+/// The filter counter of `addr`.
+#[inline(always)]
+fn filter_slot(addr: u64) -> usize {
+    // The high bits of a multiplicative hash; a shift of a u64 by 49 leaves 15 bits, so the
+    // index is in bounds without a check.
+    (addr.wrapping_mul(0xd6e8_feb8_6659_fd93) >> (64 - FILTER_BITS)) as usize
+}
+
+/// Whether `addr` may be in the table: false means it is not (the hot path of every free).
+#[inline(always)]
+pub(crate) fn maybe_contains(addr: u64) -> bool {
+    FILTER[filter_slot(addr)].load(Ordering::Relaxed) != 0
+}
 
 /// See the module doc.
 pub(crate) struct LiveTable {
@@ -99,17 +131,6 @@ impl LiveTable {
         unsafe { self.region.load(Ordering::Relaxed).as_ref() }
     }
 
-    /// Whether `addr` may be in the table: false means it is not (the hot path of every free).
-    #[inline(always)]
-    pub(crate) fn maybe_contains(&self, addr: u64) -> bool {
-        let Some(r) = self.region() else {
-            return false;
-        };
-        let (a, b) = buckets(addr);
-        let load = |i: usize| r.masks.get(i).map_or(0, |m| m.load(Ordering::Relaxed));
-        load(a) | load(b) != 0
-    }
-
     /// Records `addr` as sampled allocation `id`; false if both its buckets are full.
     pub(crate) fn insert(&self, addr: u64, id: u64) -> bool {
         let Some(r) = self.region() else {
@@ -122,7 +143,19 @@ impl LiveTable {
                 .map_or(8, |m| m.load(Ordering::Relaxed).count_ones())
         };
         let (first, second) = if ones(b) < ones(a) { (b, a) } else { (a, b) };
-        Self::insert_into(r, first, addr, id) || Self::insert_into(r, second, addr, id)
+        // Raised first: from the moment the entry can be found, a free looks for it.
+        let counter = &FILTER[filter_slot(addr)];
+        if counter
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| c.checked_add(1))
+            .is_err()
+        {
+            return false;
+        }
+        let done = Self::insert_into(r, first, addr, id) || Self::insert_into(r, second, addr, id);
+        if !done {
+            counter.fetch_sub(1, Ordering::Release);
+        }
+        done
     }
 
     fn insert_into(r: &Region, bucket: usize, addr: u64, id: u64) -> bool {
@@ -167,6 +200,7 @@ impl LiveTable {
                     let id = e.id.load(Ordering::Relaxed);
                     e.addr.store(0, Ordering::Relaxed);
                     mask.fetch_and(!(1 << bit), Ordering::Release);
+                    FILTER[filter_slot(addr)].fetch_sub(1, Ordering::Release);
                     return Some(id);
                 }
             }
@@ -201,17 +235,25 @@ mod tests {
     #[test]
     fn insert_remove_contains_and_overflow() {
         let t = LiveTable::new();
-        assert!(!t.maybe_contains(0x1000), "unmapped: empty");
+        assert!(!maybe_contains(0x1000), "nothing inserted: empty");
+        assert!(!t.insert(0x1000, 7), "unmapped: refused");
+        assert!(
+            !maybe_contains(0x1000),
+            "a refused insert leaves the filter as it was"
+        );
         assert!(t.map());
-        assert!(!t.maybe_contains(0x1000));
+        assert!(!maybe_contains(0x1000));
         assert!(t.insert(0x1000, 7));
-        assert!(t.maybe_contains(0x1000));
+        assert!(maybe_contains(0x1000));
         assert!(t.contains(0x1000, 7));
         assert!(!t.contains(0x1000, 8), "same address, other id");
         assert_eq!(t.remove(0x2000), None);
         assert_eq!(t.remove(0x1000), Some(7));
         assert!(!t.contains(0x1000, 7));
-        assert!(!t.maybe_contains(0x1000));
+        assert!(
+            !maybe_contains(0x1000),
+            "the filter counter is back to zero"
+        );
         // Both buckets of an address full: it does not fit; once one entry leaves, it does.
         let x = 0x5550u64;
         let (a, b) = buckets(x);
@@ -225,14 +267,46 @@ mod tests {
         }
         assert!(!LiveTable::insert_into(r, a, 0x20_0000, 99), "bucket full");
         assert!(!t.insert(x, 99), "both buckets full");
-        assert!(t.maybe_contains(x), "occupied buckets: looked up");
+        assert!(!maybe_contains(x), "refused: not in the filter either");
         assert_eq!(t.remove(x), None);
         // Free one entry of the second bucket by hand (those entries are not at their hash).
         r.entries[b][1].addr.store(0, Ordering::Relaxed);
         r.masks[b].fetch_and(!(1 << 1), Ordering::Relaxed);
         assert!(t.insert(x, 99));
         assert!(t.contains(x, 99));
+        assert!(maybe_contains(x));
         t.disable();
-        assert!(!t.maybe_contains(x));
+        assert_eq!(t.remove(x), None, "disabled: nothing is found");
+        assert!(!t.contains(x, 99));
+    }
+
+    #[test]
+    fn a_full_filter_counter_refuses_the_entry() {
+        let t = LiveTable::new();
+        assert!(t.map());
+        // Addresses that share one counter (about one in 32,768 does), away from the
+        // counters the other test uses.
+        let target = filter_slot(0x7777_0000);
+        assert!(target != filter_slot(0x1000) && target != filter_slot(0x5550));
+        let same: Vec<u64> = (1u64..)
+            .map(|i| 0x7777_0000 + i * 16)
+            .filter(|&a| filter_slot(a) == target)
+            .take(256)
+            .collect();
+        for (i, &a) in same.iter().enumerate().take(255) {
+            assert!(t.insert(a, i as u64), "entry {i}");
+        }
+        assert!(
+            !t.insert(same[255], 255),
+            "the 256th would overflow its counter"
+        );
+        assert!(!t.contains(same[255], 255));
+        for (i, &a) in same.iter().enumerate().take(255) {
+            assert_eq!(t.remove(a), Some(i as u64));
+        }
+        assert!(
+            !maybe_contains(same[0]),
+            "every entry gone: the counter is zero"
+        );
     }
 }

@@ -17,8 +17,10 @@
 //! `p(s) = 1 - e^(-s/interval)`, large ones almost always, small ones in proportion. The
 //! profile counts a sample of `s` bytes as `1/p(s)` allocations and `s/p(s)` bytes, which
 //! makes both figures unbiased (Go's `scaleHeapSample`, applied per sample rather than per
-//! averaged bucket). A thread's first count is drawn at its first allocation, so the first
-//! allocation is not favoured.
+//! averaged bucket). A thread's first count is drawn at its first allocation after sampling
+//! started, so that allocation is not favoured. While sampling is off the countdown runs too,
+//! and at its end (every 256 KiB a thread allocates) the thread looks whether sampling is on
+//! now: so a thread starts sampling within 256 KiB of allocation after the runtime starts.
 //!
 //! `realloc` ends the old block's record (if it was sampled) and counts the new size as a new
 //! allocation, sampled like any other, at the `realloc` call's stack; a failed `realloc` puts
@@ -38,9 +40,9 @@
 //!
 //! A sampled allocation goes into the [live table](live::LiveTable), keyed by address, with
 //! its id, *before* its pointer is returned, and its event (stack and all) into the [event
-//! ring](events::EventRing). Every free first asks the table (two relaxed loads of occupancy
-//! bytes); only a block whose buckets hold entries is looked up and, if found, removed, before
-//! the inner allocator frees it (so the address cannot be handed out again first). Frees
+//! ring](events::EventRing). Every free first asks the table's filter (one relaxed load of a
+//! byte that counts the entries whose address hashes to it); only a block whose counter is
+//! not zero is looked up and, if found, removed, before the inner allocator frees it (so the address cannot be handed out again first). Frees
 //! produce no event: the dump thread learns which sampled allocations are still live by
 //! asking the table for each `(address, id)` it knows, when it writes a profile, and whenever
 //! its list of records has doubled since the last check (so that list stays within twice the
@@ -48,8 +50,9 @@
 //!
 //! # Bounds
 //!
-//! The table holds at most 262,144 live sampled allocations (4 MiB mapped); past that (both of
-//! an address's buckets full) a sample counts in `alloc_*` only (`Stats::heap_untracked`,
+//! The table holds at most 262,144 live sampled allocations (4 MiB mapped, and a 32 KiB static
+//! filter); past that (both of an address's buckets full, or 255 entries behind its filter
+//! counter) a sample counts in `alloc_*` only (`Stats::heap_untracked`,
 //! warned once). The ring holds 4,096 events between drains (2.2 MiB mapped; drained every
 //! 100 ms); past that samples are dropped (`Stats::heap_dropped`, warned once). Both are
 //! mapped once with `mmap` at start, never through the global allocator, and never freed.
@@ -65,14 +68,20 @@
 //! Every call made between the wrapper's entry and its return, and why each is safe inside a
 //! global allocator (no allocation through it, no recursion, no lock, no panic):
 //!
-//! - The inner allocator's own method, with the caller's arguments.
-//! - `INTERVAL.load` (relaxed): with sampling off (`THREADPROF_HEAP_INTERVAL=0`, runtime not
-//!   started, or a forked child) this is all an allocation adds; a free adds the table
-//!   pointer's load instead.
+//! - The inner allocator's own method, with the caller's arguments: on the fast path, the
+//!   wrapper's last call (so the compiler can make it a tail call).
 //! - `THREAD.try_with`: a const-initialised `thread_local!` whose type has no destructor, so no
 //!   destructor is registered and access is a plain TLS load that cannot fail or allocate.
-//! - The countdown: arithmetic on `Cell`s in that TLS.
-//! - Slow path (a sampled allocation, cold): the reentrancy guard (a `Cell<bool>` in the same
+//! - The countdown (allocation, `realloc`): a load, a compare and a store of a `Cell` in that
+//!   TLS, before the inner allocator is called. This is all an allocation adds until the
+//!   countdown ends, with sampling on or off.
+//! - The filter (free, `realloc`): a multiply, a shift and one relaxed load of a static byte.
+//!   This is all a free of an unsampled block adds, unless the byte is shared with a live
+//!   sampled block (about `live sampled / 32,768` of frees).
+//! - End of the countdown (cold): `INTERVAL.load` (relaxed); with sampling off
+//!   (`THREADPROF_HEAP_INTERVAL=0`, runtime not started or stopped, a forked child) the
+//!   countdown restarts at 256 KiB and that is all.
+//! - Sampled allocation (cold): the reentrancy guard (a `Cell<bool>` in the same
 //!   TLS; an allocation while it is held is not sampled and is counted in
 //!   `Stats::heap_skipped`); the next count, `-ln(u) * interval` with `u` from a xorshift
 //!   generator in TLS (`f64::ln`, libm's pure `log`); `registry::in_forked_child` (a relaxed
@@ -88,8 +97,8 @@
 //!   framehop's allocation-free walk, reads bounded to the thread's own stack);
 //!   `LiveTable::insert` (compare-and-swap); publishing the event (a release store); counters
 //!   (relaxed `fetch_add`).
-//! - Free and realloc: `LiveTable::maybe_contains` (two relaxed loads), and for a block whose
-//!   buckets are occupied `LiveTable::remove` (loads, a store and a `fetch_and`).
+//! - Free or `realloc` of a block whose filter counter is not zero (cold): `LiveTable::remove`
+//!   (loads, a store, a `fetch_and` and a `fetch_sub`).
 //!
 //! Nothing on it formats, logs or indexes out of bounds (slices are read with `get`); the
 //! warnings about full tables are logged later by the dump thread. It takes no lock, so
@@ -120,8 +129,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// `THREADPROF_HEAP_INTERVAL` bytes (512 KiB by default) is also recorded with its stack, tag
 /// and labels, and the runtime writes `{tag}.heap.pb.gz` and `_merged.heap.pb.gz` every dump
 /// interval (Go's heap profile format). Sampling starts with the runtime (the builder's
-/// `start`, or the first registered thread) and stops in a forked child. With
-/// `THREADPROF_HEAP_INTERVAL=0` the wrapper adds one relaxed atomic load per call.
+/// `start`, or the first registered thread) and stops in a forked child. Between samples, and
+/// with `THREADPROF_HEAP_INTERVAL=0`, the wrapper adds a thread-local countdown (a load, a
+/// compare, a store) to an allocation and one load of a static byte to a free.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Allocator<A = System> {
     inner: A,
@@ -152,44 +162,90 @@ impl<A> Allocator<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { self.inner.alloc(layout) };
-        if !p.is_null() {
-            on_alloc(p, layout.size());
+        if counted_down(layout.size()) {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { self.inner.alloc(layout) };
         }
-        p
+        // SAFETY: as above.
+        unsafe { alloc_due(&self.inner, layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { self.inner.alloc_zeroed(layout) };
-        if !p.is_null() {
-            on_alloc(p, layout.size());
+        if counted_down(layout.size()) {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { self.inner.alloc_zeroed(layout) };
         }
-        p
+        // SAFETY: as above.
+        unsafe { alloc_due(&self.inner, layout, true) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        on_free(ptr);
+        if maybe_sampled(ptr) {
+            end_record(ptr);
+        }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let ended = on_free(ptr);
-        // SAFETY: forwarded with the caller's guarantees.
-        let q = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        if q.is_null() {
-            // The old block is still allocated: it is still what the record described.
-            restore(ptr, ended);
-        } else {
-            on_alloc(q, new_size);
+        if !maybe_sampled(ptr) && counted_down(new_size) {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
-        q
+        // SAFETY: as above.
+        unsafe { realloc_slow(&self.inner, ptr, layout, new_size) }
     }
+}
+
+/// An allocation whose size reaches the end of the thread's countdown: made, then sampled.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_due<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
+    // SAFETY: forwarded with the caller's guarantees (those of `GlobalAlloc::alloc`).
+    let p = unsafe {
+        if zeroed {
+            inner.alloc_zeroed(layout)
+        } else {
+            inner.alloc(layout)
+        }
+    };
+    if !p.is_null() {
+        due(p, layout.size());
+    }
+    p
+}
+
+/// A `realloc` of a block that may have been sampled, or whose new size reaches the end of the
+/// countdown: the old block's record ends (back if the `realloc` fails), the new block counts
+/// as an allocation of `new_size`.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_slow<A: GlobalAlloc>(
+    inner: &A,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+) -> *mut u8 {
+    let ended = if maybe_sampled(ptr) {
+        end_record(ptr)
+    } else {
+        None
+    };
+    // Counted here if the fast path did not get that far; a countdown that was due stays due,
+    // so counting it again is the same answer.
+    let counted = counted_down(new_size);
+    // SAFETY: forwarded with the caller's guarantees (those of `GlobalAlloc::realloc`).
+    let q = unsafe { inner.realloc(ptr, layout, new_size) };
+    if q.is_null() {
+        // The old block is still allocated: it is still what the record described.
+        restore(ptr, ended);
+    } else if !counted {
+        due(q, new_size);
+    }
+    q
 }
 
 /// Keeps the calling thread's allocations out of the heap profiles (the runtime's own threads).
@@ -199,18 +255,46 @@ pub(crate) fn exclude_current_thread() {
     let _ = sampling::THREAD.try_with(|t| t.remaining.set(u64::MAX));
 }
 
+/// Counts `size` bytes off the calling thread's countdown; false when they reach its end (the
+/// allocation is then due: `due` is called once it is made).
 #[inline(always)]
-fn on_alloc(ptr: *mut u8, size: usize) {
+fn counted_down(size: usize) -> bool {
     #[cfg(threadprof_sampling)]
-    sampling::on_alloc(ptr as u64, size as u64);
+    return sampling::counted_down(size as u64);
+    #[cfg(not(threadprof_sampling))]
+    {
+        let _ = size;
+        true
+    }
+}
+
+/// Whether `ptr` may be a sampled block (false: it is not).
+#[inline(always)]
+fn maybe_sampled(ptr: *mut u8) -> bool {
+    #[cfg(threadprof_sampling)]
+    return live::maybe_contains(ptr as u64);
+    #[cfg(not(threadprof_sampling))]
+    {
+        let _ = ptr;
+        false
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn due(ptr: *mut u8, size: usize) {
+    #[cfg(threadprof_sampling)]
+    sampling::due(ptr as u64, size as u64);
     #[cfg(not(threadprof_sampling))]
     let _ = (ptr, size);
 }
 
-#[inline(always)]
-fn on_free(ptr: *mut u8) -> Option<u64> {
+/// Ends the record of a block that may have been sampled; its id if it was.
+#[cold]
+#[inline(never)]
+fn end_record(ptr: *mut u8) -> Option<u64> {
     #[cfg(threadprof_sampling)]
-    return sampling::on_free(ptr as u64);
+    return sampling::LIVE.remove(ptr as u64);
     #[cfg(not(threadprof_sampling))]
     {
         let _ = ptr;
@@ -314,12 +398,19 @@ mod sampling {
     /// The tag of samples taken on unregistered threads (resolved to `untagged`).
     pub(crate) const UNREGISTERED: u32 = u32::MAX;
 
+    /// With sampling off, bytes a thread allocates between two looks at whether it is on: a
+    /// thread starts sampling within this many bytes after the runtime starts.
+    const RECHECK: u64 = 256 * 1024;
+
     /// Per-thread sampling state. No field needs dropping, so `thread_local!` registers no
     /// destructor for it and never allocates to reach it.
     pub(super) struct ThreadState {
-        /// Bytes this thread may still allocate before the next sample; 0 until its first
-        /// allocation with sampling on; `u64::MAX` on the runtime's own threads.
+        /// Bytes this thread may still allocate before its countdown ends: the next sample if
+        /// `armed`, else the next look at whether sampling is on (0 at the thread's start, so
+        /// its first allocation looks); `u64::MAX` on the runtime's own threads.
         pub(super) remaining: Cell<u64>,
+        /// Whether `remaining` counts down to a sample (drawn while sampling was on).
+        armed: Cell<bool>,
         rng: Cell<u64>,
         /// Reentrancy guard: set while this thread records a sample.
         busy: Cell<bool>,
@@ -332,6 +423,7 @@ mod sampling {
         pub(super) static THREAD: ThreadState = const {
             ThreadState {
                 remaining: Cell::new(0),
+                armed: Cell::new(false),
                 rng: Cell::new(0),
                 busy: Cell::new(false),
                 tid: Cell::new(0),
@@ -385,7 +477,7 @@ mod sampling {
 
     pub(super) fn counts() -> super::HeapCounts {
         let mapped = if INTERVAL.load(Ordering::Relaxed) > 0 || SEEN.load(Ordering::Relaxed) {
-            live::MAPPED_BYTES + events::MAPPED_BYTES
+            live::MAPPED_BYTES + live::FILTER_BYTES + events::MAPPED_BYTES
         } else {
             0
         };
@@ -401,34 +493,34 @@ mod sampling {
         }
     }
 
+    /// See `super::counted_down`: a thread-local load, compare and store.
     #[inline(always)]
-    pub(super) fn on_alloc(addr: u64, size: u64) {
-        let interval = INTERVAL.load(Ordering::Relaxed);
-        if interval == 0 {
-            return;
-        }
+    pub(super) fn counted_down(size: u64) -> bool {
+        THREAD
+            .try_with(|t| {
+                let left = t.remaining.get();
+                let fast = size < left;
+                if fast {
+                    t.remaining.set(left - size);
+                }
+                fast
+            })
+            // A thread whose TLS is gone (its destructors run): never sampled.
+            .unwrap_or(true)
+    }
+
+    /// An allocation of `size` bytes at `addr` reached the end of its thread's countdown.
+    pub(super) fn due(addr: u64, size: u64) {
         let _ = THREAD.try_with(|t| {
-            let left = t.remaining.get();
-            if size < left {
-                t.remaining.set(left - size);
+            let interval = INTERVAL.load(Ordering::Relaxed);
+            if interval == 0 {
+                // Sampling is off: look again after `RECHECK` more bytes.
+                t.armed.set(false);
+                t.remaining.set(RECHECK);
             } else {
                 sample(t, addr, size, interval);
             }
         });
-    }
-
-    #[inline(always)]
-    pub(super) fn on_free(addr: u64) -> Option<u64> {
-        if LIVE.maybe_contains(addr) {
-            return free_sampled(addr);
-        }
-        None
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn free_sampled(addr: u64) -> Option<u64> {
-        LIVE.remove(addr)
     }
 
     /// Puts back the record of a block that a failed `realloc` left allocated.
@@ -438,18 +530,18 @@ mod sampling {
         }
     }
 
-    /// The end of a thread's countdown: draw the next one, and record this allocation unless
-    /// it is the thread's first (whose count starts now).
-    #[cold]
-    #[inline(never)]
+    /// The end of a thread's countdown with sampling on: draw the next one, and record this
+    /// allocation, unless the countdown was not armed (the thread's first allocation since
+    /// sampling started), whose count starts now: then this allocation is sampled only if it
+    /// reaches the end of that new count.
     fn sample(t: &ThreadState, addr: u64, size: u64, interval: u64) {
         if t.busy.get() {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
             return;
         }
         t.busy.set(true);
-        let left = t.remaining.get();
-        let first = left == 0;
+        let first = !t.armed.get();
+        t.armed.set(true);
         let next = next_count(t, interval);
         if first {
             SEEN.store(true, Ordering::Relaxed);
@@ -596,6 +688,7 @@ mod sampling {
         fn counts_are_exponential_with_the_interval_as_mean() {
             let t = ThreadState {
                 remaining: Cell::new(0),
+                armed: Cell::new(false),
                 rng: Cell::new(0),
                 busy: Cell::new(false),
                 tid: Cell::new(0),
