@@ -288,6 +288,34 @@ fn a_thread_that_allocated_before_the_start_is_sampled_after_it() {
     assert!((0.85..1.15).contains(&got), "alloc ×{got}, {alloc:?}");
 }
 
+#[test]
+fn child_little_after_the_start() {
+    if !is_child() {
+        return;
+    }
+    // The main thread allocates before the start (its countdown ends with sampling off and
+    // restarts unarmed), then only 100 KiB after it.
+    black_box(churn_bytes(1 << 20));
+    let _p = threadprof::Profiler::builder()
+        .dump_interval(Duration::from_secs(3600))
+        .start()
+        .expect("start");
+    let kept: Vec<Vec<u8>> = (0..100).map(|_| vec![1u8; 1024]).collect();
+    assert!(threadprof::flush());
+    std::mem::forget(kept);
+    std::process::exit(0);
+}
+
+#[test]
+fn heap_files_are_written_when_little_is_allocated_after_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    run_child("child_little_after_the_start", dir.path(), &[]);
+    assert!(
+        dir.path().join(threadprof::MERGED_HEAP_FILE).exists(),
+        "no heap file: the wrapper's allocations after the start went unnoticed"
+    );
+}
+
 // ---- interval 0 --------------------------------------------------------------------------
 
 #[test]

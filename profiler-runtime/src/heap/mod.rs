@@ -19,8 +19,11 @@
 //! makes both figures unbiased (Go's `scaleHeapSample`, applied per sample rather than per
 //! averaged bucket). A thread's first count is drawn at its first allocation after sampling
 //! started, so that allocation is not favoured. While sampling is off the countdown runs too,
-//! and at its end (every 256 KiB a thread allocates) the thread looks whether sampling is on
-//! now: so a thread starts sampling within 256 KiB of allocation after the runtime starts.
+//! and at its end (every 16 KiB a thread allocates) the thread looks whether sampling is on
+//! now: so a thread that allocated before the runtime started starts sampling within 16 KiB
+//! of allocation after the start (those bytes are not seen). A failed allocation counts down
+//! like any other; if its size reaches the end of the count, the sample point passes
+//! unrecorded.
 //!
 //! `realloc` ends the old block's record (if it was sampled) and counts the new size as a new
 //! allocation, sampled like any other, at the `realloc` call's stack; a failed `realloc` puts
@@ -71,16 +74,19 @@
 //! - The inner allocator's own method, with the caller's arguments: on the fast path, the
 //!   wrapper's last call (so the compiler can make it a tail call).
 //! - `THREAD.try_with`: a const-initialised `thread_local!` whose type has no destructor, so no
-//!   destructor is registered and access is a plain TLS load that cannot fail or allocate.
+//!   destructor is registered and access is a plain TLS access that cannot fail. (In a shared
+//!   library loaded with `dlopen`, a thread's first access may have glibc allocate the
+//!   library's TLS block with its own `malloc`, never through this wrapper.)
 //! - The countdown (allocation, `realloc`): a load, a compare and a store of a `Cell` in that
 //!   TLS, before the inner allocator is called. This is all an allocation adds until the
 //!   countdown ends, with sampling on or off.
 //! - The filter (free, `realloc`): a multiply, a shift and one relaxed load of a static byte.
 //!   This is all a free of an unsampled block adds, unless the byte is shared with a live
-//!   sampled block (about `live sampled / 32,768` of frees).
+//!   sampled block (a share `1 − e^(−live sampled / 32,768)` of frees: 3% with 1,000 live
+//!   sampled blocks).
 //! - End of the countdown (cold): `INTERVAL.load` (relaxed); with sampling off
 //!   (`THREADPROF_HEAP_INTERVAL=0`, runtime not started or stopped, a forked child) the
-//!   countdown restarts at 256 KiB and that is all.
+//!   countdown restarts at 16 KiB and that is all.
 //! - Sampled allocation (cold): the reentrancy guard (a `Cell<bool>` in the same
 //!   TLS; an allocation while it is held is not sampled and is counted in
 //!   `Stats::heap_skipped`); the next count, `-ln(u) * interval` with `u` from a xorshift
@@ -95,7 +101,9 @@
 //!   back into this wrapper while holding that lock; `capture`
 //!   (three register reads, an atomic swap to take an unwind cache, `UnwinderUse::begin`/drop,
 //!   framehop's allocation-free walk, reads bounded to the thread's own stack);
-//!   `LiveTable::insert` (compare-and-swap); publishing the event (a release store); counters
+//!   `LiveTable::remove` of a stale entry for the same address (see `record`) and
+//!   `LiveTable::insert` (an atomic read-modify-write of the filter counter, a
+//!   compare-and-swap, a `fetch_sub` if it fails); publishing the event (a release store); counters
 //!   (relaxed `fetch_add`).
 //! - Free or `realloc` of a block whose filter counter is not zero (cold): `LiveTable::remove`
 //!   (loads, a store, a `fetch_and` and a `fetch_sub`).
@@ -104,8 +112,9 @@
 //! warnings about full tables are logged later by the dump thread. It takes no lock, so
 //! neither a fork nor a signal can strand one with the host inside the allocator: the unwind
 //! cache pool uses try-only flags (a cache taken by a thread that did not survive a fork stays
-//! taken, harmlessly), and a forked child becomes a pure pass-through (a `pthread_atfork` child
-//! handler switches sampling and the table off; the child never drains the ring).
+//! taken, harmlessly), and a forked child samples and tracks nothing (a `pthread_atfork` child
+//! handler switches sampling and the table off; the child never drains the ring; a free whose
+//! filter counter the parent left above zero looks at the switched-off table and goes on).
 
 #[cfg(threadprof_sampling)]
 mod capture;
@@ -200,7 +209,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Allocator<A> {
     }
 }
 
-/// An allocation whose size reaches the end of the thread's countdown: made, then sampled.
+/// An allocation whose size reaches the end of the thread's countdown: made, then sampled
+/// (a failed one ends the countdown too, as the fast path counts failed allocations).
 #[cold]
 #[inline(never)]
 unsafe fn alloc_due<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> *mut u8 {
@@ -212,9 +222,7 @@ unsafe fn alloc_due<A: GlobalAlloc>(inner: &A, layout: Layout, zeroed: bool) -> 
             inner.alloc(layout)
         }
     };
-    if !p.is_null() {
-        due(p, layout.size());
-    }
+    due(p, layout.size());
     p
 }
 
@@ -242,7 +250,8 @@ unsafe fn realloc_slow<A: GlobalAlloc>(
     if q.is_null() {
         // The old block is still allocated: it is still what the record described.
         restore(ptr, ended);
-    } else if !counted {
+    }
+    if !counted {
         due(q, new_size);
     }
     q
@@ -280,6 +289,8 @@ fn maybe_sampled(ptr: *mut u8) -> bool {
     }
 }
 
+/// The end of the countdown at an allocation of `size` bytes at `ptr` (null: it failed, and
+/// only the countdown moves on).
 #[cold]
 #[inline(never)]
 fn due(ptr: *mut u8, size: usize) {
@@ -381,7 +392,9 @@ mod sampling {
     pub(super) static INTERVAL: AtomicU64 = AtomicU64::new(0);
     pub(super) static LIVE: LiveTable = LiveTable::new();
     pub(super) static EVENTS: EventRing = EventRing::new();
-    /// Set at the first allocation any thread makes through the wrapper while sampling is on.
+    /// Set when a thread's countdown first ends while sampling is on (every thread's first
+    /// allocation through the wrapper ends one, and a thread's countdown ends at least every
+    /// `RECHECK` bytes while it is not armed): the wrapper is the global allocator.
     static SEEN: AtomicBool = AtomicBool::new(false);
     static SAMPLES: AtomicU64 = AtomicU64::new(0);
     static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -399,8 +412,10 @@ mod sampling {
     pub(crate) const UNREGISTERED: u32 = u32::MAX;
 
     /// With sampling off, bytes a thread allocates between two looks at whether it is on: a
-    /// thread starts sampling within this many bytes after the runtime starts.
-    const RECHECK: u64 = 256 * 1024;
+    /// thread that allocated before the runtime started starts sampling within this many
+    /// bytes after the start (a look costs a call and an atomic load: with sampling off, one
+    /// per 16 KiB allocated).
+    const RECHECK: u64 = 16 * 1024;
 
     /// Per-thread sampling state. No field needs dropping, so `thread_local!` registers no
     /// destructor for it and never allocates to reach it.
@@ -505,11 +520,13 @@ mod sampling {
                 }
                 fast
             })
-            // A thread whose TLS is gone (its destructors run): never sampled.
+            // Cannot fail for a const-initialised TLS without a destructor; if it did, the
+            // allocation would simply not be sampled.
             .unwrap_or(true)
     }
 
-    /// An allocation of `size` bytes at `addr` reached the end of its thread's countdown.
+    /// An allocation of `size` bytes at `addr` (0: it failed) reached the end of its thread's
+    /// countdown.
     pub(super) fn due(addr: u64, size: u64) {
         let _ = THREAD.try_with(|t| {
             let interval = INTERVAL.load(Ordering::Relaxed);
@@ -518,6 +535,9 @@ mod sampling {
                 t.armed.set(false);
                 t.remaining.set(RECHECK);
             } else {
+                if !SEEN.load(Ordering::Relaxed) {
+                    SEEN.store(true, Ordering::Relaxed);
+                }
                 sample(t, addr, size, interval);
             }
         });
@@ -543,15 +563,14 @@ mod sampling {
         let first = !t.armed.get();
         t.armed.set(true);
         let next = next_count(t, interval);
-        if first {
-            SEEN.store(true, Ordering::Relaxed);
-        }
         if first && size < next {
             t.remaining.set(next - size);
         } else {
             t.remaining
                 .set(if first { next_count(t, interval) } else { next });
-            if !crate::registry::in_forked_child() {
+            // A failed allocation's sample point is passed, not recorded (so the next
+            // allocation is sampled with the same chance as any other).
+            if addr != 0 && !crate::registry::in_forked_child() {
                 record(t, addr, size);
                 let hook = HOOK.load(Ordering::Acquire);
                 if !hook.is_null() {
