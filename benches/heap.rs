@@ -490,9 +490,11 @@ fn child_cost() {
     eprintln!("samples={} dropped={}", s.heap_samples, s.heap_dropped);
 }
 
-/// One thread's allocation-heavy loop of ordinary code; returns a checksum.
+/// One thread's allocation-heavy loop of ordinary code; returns a checksum. `MODE_COPY` only gives
+/// each mode its own copy of the code (the same instructions), so that `valgrind
+/// --tool=callgrind` counts them apart.
 #[inline(never)]
-fn workload(iterations: usize, seed: u64) -> u64 {
+fn workload<const MODE_COPY: u8>(iterations: usize, seed: u64) -> u64 {
     let mut map: HashMap<String, Vec<u64>> = HashMap::with_capacity(1024);
     let mut x = seed | 1;
     let mut sum = 0u64;
@@ -517,12 +519,17 @@ fn workload(iterations: usize, seed: u64) -> u64 {
         let buf = vec![(x & 0xff) as u8; len].into_boxed_slice();
         sum = sum.wrapping_add(buf[len / 2] as u64 + fields.len() as u64);
     }
-    sum.wrapping_add(map.len() as u64)
+    // (MODE_COPY in the result keeps the copies apart: identical functions would be merged.)
+    sum.wrapping_add(map.len() as u64 + MODE_COPY as u64)
 }
 
 fn child_workload() {
     let _p = start(Duration::from_secs(3600));
-    let n = if quick() { 200_000 } else { 600_000 };
+    // `HEAP_BENCH_ITERATIONS` shortens a run (e.g. under valgrind).
+    let n = std::env::var("HEAP_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick() { 200_000 } else { 600_000 });
     let rounds = if quick() { 5 } else { 9 };
     let round = |mode: u8| {
         MODE.store(mode, Ordering::Relaxed);
@@ -531,7 +538,12 @@ fn child_workload() {
             let threads: Vec<_> = (0..2u64)
                 .map(|t| {
                     s.spawn(move || {
-                        black_box(workload(n, 0x51_7cc1 + t));
+                        let seed = 0x51_7cc1 + t;
+                        black_box(match mode {
+                            PLAIN => workload::<PLAIN>(n, seed),
+                            WRAP => workload::<WRAP>(n, seed),
+                            _ => workload::<COUNT>(n, seed),
+                        });
                         ALLOCATIONS.with(Cell::get)
                     })
                 })
