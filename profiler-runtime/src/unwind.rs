@@ -69,7 +69,10 @@ pub(crate) fn return_address_mask_now() -> u64 {
     RETURN_ADDRESS_MASK.load(Ordering::Relaxed)
 }
 
-/// Records the signal return trampoline (see [`SIGRETURN`]).
+/// Records the signal return trampoline (see [`SIGRETURN`]). x86_64 only: on aarch64 the
+/// kernel returns through the vDSO's `__kernel_rt_sigreturn`, not an `sa_restorer`, so nothing
+/// is recorded and [`sigreturn`] stays 0.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn note_sigreturn(addr: u64) {
     SIGRETURN.store(addr, Ordering::Relaxed);
 }
