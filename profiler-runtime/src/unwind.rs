@@ -63,7 +63,7 @@ pub(crate) fn note_highest_user_address(addr: u64) {
 }
 
 /// The return-address mask. Async-signal-safe: one atomic load.
-#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+#[cfg(target_arch = "aarch64")]
 #[inline]
 pub(crate) fn return_address_mask_now() -> u64 {
     RETURN_ADDRESS_MASK.load(Ordering::Relaxed)
@@ -228,6 +228,11 @@ pub(crate) fn walk(
             Ok(Some(ra)) => ra,
             _ => return false,
         };
+        // framehop strips pointer-authentication bits from the return addresses of the rules it
+        // caches, but returns the value read from the stack as it is for a frame whose CFI it
+        // evaluates in full (a frame over 256 KiB, a CFA not kept in sp or x29): strip it here.
+        #[cfg(target_arch = "aarch64")]
+        let next = next & return_address_mask_now();
         if next == trampoline && trampoline != 0 {
             let Some((ip, sp, bp)) = signal_frame(regs.sp(), &mut *read) else {
                 return false;
