@@ -1848,6 +1848,8 @@ fn a_host_alternate_stack_too_small_for_a_signal_frame_is_swapped_while_register
 
 /// Installs a seccomp filter that answers `process_vm_readv` with `action` (kill the whole
 /// process, or trap with SIGSYS), as a sandbox's allow-list does for a call it does not list.
+/// Only the seccomp tests use it, which run x86_64 machine code (`jit_spin`).
+#[cfg(target_arch = "x86_64")]
 fn forbid_process_vm_readv(action: u32) {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
@@ -1944,8 +1946,10 @@ fn child_seccomp() {
     println!("CHILD OK");
 }
 
+#[cfg(target_arch = "x86_64")]
 static SIGSYS_SEEN: AtomicU64 = AtomicU64::new(0);
 
+#[cfg(target_arch = "x86_64")]
 extern "C" fn sigsys_handler(_signal: libc::c_int) {
     SIGSYS_SEEN.fetch_add(1, Ordering::Relaxed);
 }

@@ -805,7 +805,13 @@ fn wall_samples_follow_the_task_and_idle_workers_wait_under_their_base_tag() {
     };
     let burn = by("wall_task_burn");
     let block = by("wall_task_block");
-    let idle = by("epoll_wait");
+    // glibc's `epoll_wait` on aarch64 (which has no epoll_wait system call) is a tail call
+    // into `epoll_pwait`: its own frame is never on the stack there.
+    let idle = by(if cfg!(target_arch = "aarch64") {
+        "epoll_pwait"
+    } else {
+        "epoll_wait"
+    });
     println!("burn {burn:?}\nblock {block:?}\nidle {idle:?}");
     assert!(share(&burn, "wall_task", "running") > 0.9, "{burn:?}");
     assert!(share(&block, "wall_task", "waiting") > 0.9, "{block:?}");

@@ -306,12 +306,16 @@ mod tests {
         assert!(probe());
         assert!(probe_in_child(), "the probe in a child process agrees");
         assert!(copies_allowed_here());
-        // A readable page followed by an inaccessible one.
+        // A readable page followed by an inaccessible one, in the system's page size (16 or
+        // 64 KiB on some aarch64 kernels, where `mprotect` of a 4 KiB range fails).
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        assert!(page >= 4096);
         // SAFETY: a fresh anonymous mapping of two pages, unmapped at the end of the test.
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                8192,
+                2 * page as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -321,32 +325,33 @@ mod tests {
         assert_ne!(map, libc::MAP_FAILED);
         let base = map as u64;
         // SAFETY: inside the first page of the mapping.
-        unsafe { ((base + 4088) as *mut u64).write(0x1122_3344_5566_7788) };
+        unsafe { ((base + page - 8) as *mut u64).write(0x1122_3344_5566_7788) };
         // SAFETY: the second page of our mapping.
-        let protected = unsafe { libc::mprotect((base + 4096) as *mut _, 4096, libc::PROT_NONE) };
+        let protected =
+            unsafe { libc::mprotect((base + page) as *mut _, page as usize, libc::PROT_NONE) };
         assert_eq!(protected, 0);
         let mut window = vec![0u8; WINDOW_BYTES];
         let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr(), true);
-        assert_eq!(r.read_u64(base + 4088), Ok(0x1122_3344_5566_7788));
+        assert_eq!(r.read_u64(base + page - 8), Ok(0x1122_3344_5566_7788));
         assert!(!r.cut_short);
-        assert_eq!(r.read_u64(base + 4096), Err(()), "PROT_NONE page");
+        assert_eq!(r.read_u64(base + page), Err(()), "PROT_NONE page");
         assert!(r.cut_short);
         let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr(), true);
         assert_eq!(r.read_u64(8), Err(()), "null page");
         assert_eq!(r.read_u64(u64::MAX - 3), Err(()), "wraps");
         let mut two = [0u8; 2];
         assert!(
-            !read_bytes(base + 4095, &mut two, true),
+            !read_bytes(base + page - 1, &mut two, true),
             "straddles into PROT_NONE"
         );
-        assert!(read_bytes(base + 4094, &mut two, true));
-        assert!(!read_bytes(base + 4094, &mut two, false), "copies off");
+        assert!(read_bytes(base + page - 2, &mut two, true));
+        assert!(!read_bytes(base + page - 2, &mut two, false), "copies off");
         let mut r = StackReader::new(base, (0, 0), window.as_mut_ptr(), false);
-        assert_eq!(r.read_u64(base + 4088), Err(()), "copies off");
+        assert_eq!(r.read_u64(base + page - 8), Err(()), "copies off");
         let mut r = StackReader::new(base, (0, 0), std::ptr::null_mut(), true);
-        assert_eq!(r.read_u64(base + 4088), Err(()), "no window");
+        assert_eq!(r.read_u64(base + page - 8), Err(()), "no window");
         // SAFETY: our mapping, unmapped once.
-        unsafe { libc::munmap(map, 8192) };
+        unsafe { libc::munmap(map, 2 * page as usize) };
     }
 
     #[test]

@@ -63,13 +63,16 @@ pub(crate) fn note_highest_user_address(addr: u64) {
 }
 
 /// The return-address mask. Async-signal-safe: one atomic load.
-#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+#[cfg(target_arch = "aarch64")]
 #[inline]
 pub(crate) fn return_address_mask_now() -> u64 {
     RETURN_ADDRESS_MASK.load(Ordering::Relaxed)
 }
 
-/// Records the signal return trampoline (see [`SIGRETURN`]).
+/// Records the signal return trampoline (see [`SIGRETURN`]). x86_64 only: on aarch64 the
+/// kernel returns through the vDSO's `__kernel_rt_sigreturn`, not an `sa_restorer`, so nothing
+/// is recorded and [`sigreturn`] stays 0.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn note_sigreturn(addr: u64) {
     SIGRETURN.store(addr, Ordering::Relaxed);
 }
@@ -225,6 +228,11 @@ pub(crate) fn walk(
             Ok(Some(ra)) => ra,
             _ => return false,
         };
+        // framehop strips pointer-authentication bits from the return addresses of the rules it
+        // caches, but returns the value read from the stack as it is for a frame whose CFI it
+        // evaluates in full (a frame over 256 KiB, a CFA not kept in sp or x29): strip it here.
+        #[cfg(target_arch = "aarch64")]
+        let next = next & return_address_mask_now();
         if next == trampoline && trampoline != 0 {
             let Some((ip, sp, bp)) = signal_frame(regs.sp(), &mut *read) else {
                 return false;

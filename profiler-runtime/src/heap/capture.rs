@@ -202,3 +202,83 @@ fn registers_here() -> (u64, framehop::UnwindRegsNative, u64) {
     );
     (pc, regs, sp)
 }
+
+/// aarch64: return addresses signed with pointer authentication are stripped in every frame,
+/// also in a frame whose unwind rule framehop evaluates in full instead of caching it: there
+/// framehop 0.16 returns the return address as read from the stack, signature included
+/// (`unwind::walk` strips it).
+#[cfg(all(test, target_arch = "aarch64"))]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::{capture, fill_pool, MAX_FRAMES};
+
+    // A function that signs its return address (`paciasp`, a no-op on a CPU without pointer
+    // authentication) and keeps a 320 KiB frame: the saved `lr` is then too far from `sp` for
+    // framehop's compact rules, so it evaluates the CFI in full. Calls `x0`. Its CFI leaves out
+    // `.cfi_negate_ra_state`, which a compiler emits: framehop 0.16 reads `.eh_frame` without
+    // gimli's AArch64 vendor setting, so that instruction makes the whole entry unreadable and
+    // the frame is walked by its frame pointer instead (which strips); without it the CFI is
+    // evaluated, as it will be once framehop reads the instruction.
+    std::arch::global_asm!(
+        ".text",
+        ".p2align 2",
+        ".globl threadprof_test_signed_big_frame",
+        ".type threadprof_test_signed_big_frame, %function",
+        "threadprof_test_signed_big_frame:",
+        ".cfi_startproc",
+        "hint #25", // paciasp
+        "stp x29, x30, [sp, #-16]!",
+        ".cfi_def_cfa_offset 16",
+        ".cfi_offset x29, -16",
+        ".cfi_offset x30, -8",
+        "mov x29, sp",
+        "sub sp, sp, #0x50, lsl #12",
+        ".cfi_def_cfa_offset 0x50010",
+        "blr x0",
+        "add sp, sp, #0x50, lsl #12",
+        ".cfi_def_cfa_offset 16",
+        "ldp x29, x30, [sp], #16",
+        ".cfi_def_cfa_offset 0",
+        ".cfi_restore x29",
+        ".cfi_restore x30",
+        "hint #29", // autiasp
+        "ret",
+        ".cfi_endproc",
+        ".size threadprof_test_signed_big_frame, . - threadprof_test_signed_big_frame",
+    );
+
+    extern "C" {
+        fn threadprof_test_signed_big_frame(f: extern "C" fn());
+    }
+
+    static FRAMES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+    extern "C" fn capture_here() {
+        let mut frames = [0u64; MAX_FRAMES];
+        let (n, _) = capture(crate::sampler::stack_bounds(), &mut frames, 0);
+        let mut kept = FRAMES.lock().unwrap();
+        kept.clear();
+        kept.extend_from_slice(&frames[..n as usize]);
+    }
+
+    #[test]
+    fn signed_return_addresses_are_stripped_in_frames_framehop_does_not_cache() {
+        // As at start (sampler.rs): the initial stack is near the top of user space.
+        // SAFETY: getauxval has no preconditions (AT_RANDOM = 25).
+        let top = unsafe { libc::getauxval(25) } as u64;
+        crate::unwind::note_highest_user_address(top.max(crate::sampler::stack_bounds().1));
+        crate::unwind::refresh();
+        assert!(fill_pool(1) >= 1);
+        // SAFETY: the function above calls `capture_here` with a valid stack and returns.
+        unsafe { threadprof_test_signed_big_frame(capture_here) };
+        let frames = FRAMES.lock().unwrap().clone();
+        let mask = crate::unwind::return_address_mask_now();
+        assert!(
+            frames.iter().all(|&f| f & !mask == 0),
+            "signature bits left in {frames:#x?} (mask {mask:#x})"
+        );
+        // capture, capture_here, the signed frame, then at least this test and its caller.
+        assert!(frames.len() >= 5, "{frames:#x?}");
+    }
+}
