@@ -270,7 +270,10 @@ mod tests {
         crate::unwind::note_highest_user_address(top.max(crate::sampler::stack_bounds().1));
         crate::unwind::refresh();
         assert!(fill_pool(1) >= 1);
-        // SAFETY: the function above calls `capture_here` with a valid stack and returns.
+        // SAFETY: the function above moves the stack pointer down 320 KiB (the test thread's
+        // 2 MiB stack has room), calls `capture_here` and returns; `capture_here` panics only
+        // on a poisoned lock (a panic across `extern "C"` aborts the test binary: a failure
+        // all the same).
         unsafe { threadprof_test_signed_big_frame(capture_here) };
         let frames = FRAMES.lock().unwrap().clone();
         let mask = crate::unwind::return_address_mask_now();

@@ -61,8 +61,8 @@ const FILTER_BITS: u32 = 15;
 pub(crate) const FILTER_BYTES: usize = FILTER_SLOTS;
 
 /// See the module doc. Static, so the hot path loads no pointer and checks no null: before
-/// the table is mapped, and in a forked child, every counter is zero or its entry is refused
-/// by the (missing) table.
+/// the table is mapped every counter is zero; in a forked child the counters the parent left
+/// raised stay so, and a free behind one looks at the switched-off table and finds nothing.
 static FILTER: [AtomicU8; FILTER_SLOTS] = [const { AtomicU8::new(0) }; FILTER_SLOTS];
 
 /// The filter counter of `addr`.

@@ -45,8 +45,8 @@
 //! its id, *before* its pointer is returned, and its event (stack and all) into the [event
 //! ring](events::EventRing). Every free first asks the table's filter (one relaxed load of a
 //! byte that counts the entries whose address hashes to it); only a block whose counter is
-//! not zero is looked up and, if found, removed, before the inner allocator frees it (so the address cannot be handed out again first). Frees
-//! produce no event: the dump thread learns which sampled allocations are still live by
+//! not zero is looked up and, if found, removed, before the inner allocator frees it (so the
+//! address cannot be handed out again first). Frees produce no event: the dump thread learns which sampled allocations are still live by
 //! asking the table for each `(address, id)` it knows, when it writes a profile, and whenever
 //! its list of records has doubled since the last check (so that list stays within twice the
 //! live count, plus 4,096).
@@ -84,9 +84,11 @@
 //!   This is all a free of an unsampled block adds, unless the byte is shared with a live
 //!   sampled block (a share `1 − e^(−live sampled / 32,768)` of frees: 3% with 1,000 live
 //!   sampled blocks).
-//! - End of the countdown (cold): `INTERVAL.load` (relaxed); with sampling off
+//! - End of the countdown (cold): `INTERVAL.load` (acquire: it was stored with release after
+//!   the table, the ring and the unwind caches were set up); with sampling off
 //!   (`THREADPROF_HEAP_INTERVAL=0`, runtime not started or stopped, a forked child) the
-//!   countdown restarts at 16 KiB and that is all.
+//!   countdown restarts at 16 KiB and that is all; with it on, a relaxed load of `SEEN` (and
+//!   its store, once per process).
 //! - Sampled allocation (cold): the reentrancy guard (a `Cell<bool>` in the same
 //!   TLS; an allocation while it is held is not sampled and is counted in
 //!   `Stats::heap_skipped`); the next count, `-ln(u) * interval` with `u` from a xorshift
@@ -103,12 +105,13 @@
 //!   framehop's allocation-free walk, reads bounded to the thread's own stack);
 //!   `LiveTable::remove` of a stale entry for the same address (see `record`) and
 //!   `LiveTable::insert` (an atomic read-modify-write of the filter counter, a
-//!   compare-and-swap, a `fetch_sub` if it fails); publishing the event (a release store); counters
-//!   (relaxed `fetch_add`).
+//!   compare-and-swap, a `fetch_sub` if it fails); publishing the event (a release store);
+//!   counters (relaxed `fetch_add`).
 //! - Free or `realloc` of a block whose filter counter is not zero (cold): `LiveTable::remove`
 //!   (loads, a store, a `fetch_and` and a `fetch_sub`).
 //!
-//! Nothing on it formats, logs or indexes out of bounds (slices are read with `get`); the
+//! Nothing on it formats, logs or indexes out of bounds (slices are read with `get`, and the
+//! filter's index is below its length by construction); the
 //! warnings about full tables are logged later by the dump thread. It takes no lock, so
 //! neither a fork nor a signal can strand one with the host inside the allocator: the unwind
 //! cache pool uses try-only flags (a cache taken by a thread that did not survive a fork stays
@@ -482,7 +485,9 @@ mod sampling {
         // SAFETY: registers a child handler that only stores to atomics (async-signal-safe,
         // as code in a forked child of a multithreaded process must be).
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-        INTERVAL.store(interval, Ordering::Relaxed);
+        // Release: a thread that sees the interval (acquire, in `due`) sees the table, the ring
+        // and the caches set up above.
+        INTERVAL.store(interval, Ordering::Release);
         true
     }
 
@@ -529,7 +534,7 @@ mod sampling {
     /// countdown.
     pub(super) fn due(addr: u64, size: u64) {
         let _ = THREAD.try_with(|t| {
-            let interval = INTERVAL.load(Ordering::Relaxed);
+            let interval = INTERVAL.load(Ordering::Acquire);
             if interval == 0 {
                 // Sampling is off: look again after `RECHECK` more bytes.
                 t.armed.set(false);
