@@ -120,7 +120,9 @@ fn allocations_inside_the_sampler_are_skipped_not_recursed_with_every_allocation
     assert!(v["hooks"] > 0.99 * (v["samples"] + v["dropped"]), "{v:?}");
     let merged = read_profile(&dir.path().join(threadprof::MERGED_HEAP_FILE));
     let tags = by_tag(&merged, "alloc_objects");
-    assert!(tags.contains_key("worker0"), "{tags:?}");
+    // Some registered worker's tag (which one gets into the ring is luck: it is full but for
+    // a few ms after each drain, and one worker missed every window once under a loaded run).
+    assert!(tags.keys().any(|t| t.starts_with("worker")), "{tags:?}");
     assert!(tags.contains_key("untagged"), "{tags:?}");
     assert!(
         merged
