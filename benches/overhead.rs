@@ -58,7 +58,10 @@ fn signal_cost_ns(depth: u32, batch: u32, batches: u32, registered: bool) -> f64
                     self_timer_signal();
                 }
                 elapsed += t.elapsed();
-                std::thread::sleep(Duration::from_millis(110));
+                // Drain the ring before the next batch (outside the timing): the runtime runs
+                // at 1 Hz here, so its own drain may wait up to 1 s, and a full ring would skip
+                // the copy of the next batch's samples.
+                threadprof_runtime::flush();
             }
         });
         elapsed.as_nanos() as f64 / f64::from(batch * batches)
@@ -76,8 +79,8 @@ fn handler_stack_use(depth: u32, samples: u32) -> Option<usize> {
         nest(depth, &mut || {
             for i in 0..samples {
                 self_timer_signal();
-                if i % 500 == 499 {
-                    std::thread::sleep(Duration::from_millis(110));
+                if i % 100 == 99 {
+                    threadprof_runtime::flush();
                 }
             }
         });
