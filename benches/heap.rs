@@ -20,6 +20,9 @@
 //!    against the same program with sampling off.
 //! 4. RSS during a soak of steady allocation (`HEAP_SOAK_SECONDS`, default 10, 3 in quick
 //!    mode), with sampling at the default interval and off.
+//! 5. Sustained allocation rates at 64 KiB: one thread allocates and frees 1–16 KiB blocks at
+//!    1 to 16 GiB/s for 2 s (1 s in quick mode); samples taken and dropped (the event ring
+//!    holds 4,096 between drains).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -110,6 +113,7 @@ fn main() {
         Some("workload") => child_workload(),
         Some("tracking") => child_tracking(),
         Some("soak") => child_soak(),
+        Some("rate") => child_rate(),
         Some(other) => panic!("unknown case {other}"),
         None => parent(),
     }
@@ -177,6 +181,9 @@ fn parent() {
     }
     if runs_case("4") {
         soak_table();
+    }
+    if runs_case("5") {
+        rate_table();
     }
 }
 
@@ -322,6 +329,70 @@ fn soak_table() {
     }
 }
 
+fn rate_table() {
+    let secs = if quick() { "1" } else { "2" };
+    println!("\n## 5. Sustained rates at 64 KiB: 1 thread, 1–16 KiB blocks, {secs} s per rate\n");
+    println!("| asked | achieved | samples | dropped | dropped share |");
+    println!("|---|---|---|---|---|");
+    for rate in ["1", "2", "4", "8", "16"] {
+        let r = &run(
+            "rate",
+            &[
+                ("THREADPROF_HEAP_INTERVAL", "65536"),
+                ("HEAP_BENCH_GIB_PER_SECOND", rate),
+                ("HEAP_BENCH_SECONDS", secs),
+            ],
+        )[0];
+        println!(
+            "| {rate} GiB/s | {:.1} GiB/s | {} | {} | {:.1}% |",
+            r["gib_per_s"],
+            r["samples"],
+            r["dropped"],
+            100.0 * r["dropped"] / (r["samples"] + r["dropped"]).max(1.0)
+        );
+    }
+}
+
+fn child_rate() {
+    let rate: f64 = std::env::var("HEAP_BENCH_GIB_PER_SECOND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let secs: f64 = std::env::var("HEAP_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    let _p = start(Duration::from_secs(3600));
+    let done = threadprof::spawn("rate", move || {
+        let t0 = Instant::now();
+        let mut done = 0usize;
+        let mut x = 0x2545_f491u64;
+        while t0.elapsed().as_secs_f64() < secs {
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let s = 1024 + (x % (15 * 1024)) as usize;
+                black_box(Vec::<u8>::with_capacity(s));
+                done += s;
+            }
+            let due = Duration::from_secs_f64(done as f64 / (rate * 1024.0 * MIB as f64));
+            if let Some(ahead) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        (done, t0.elapsed())
+    });
+    let (bytes, took) = done.join().unwrap();
+    let s = threadprof::stats();
+    println!(
+        "RESULT gib_per_s={} samples={} dropped={}",
+        bytes as f64 / took.as_secs_f64() / (1024.0 * MIB as f64),
+        s.heap_samples,
+        s.heap_dropped
+    );
+}
+
 fn start(dump: Duration) -> threadprof::Profiler {
     threadprof::Profiler::builder()
         .dump_interval(dump)
@@ -357,11 +428,15 @@ fn keep_a(total: usize) -> (Vec<Vec<u8>>, usize) {
     (kept, done)
 }
 
-/// Allocates and frees `total` bytes, at about 1 GiB/s (unpaced, blocks that are never
-/// touched go by at 50 GiB/s and more, which no program does: at 64 KiB the event ring, 4,096
-/// samples between drains 100 ms apart, would overflow).
+/// Allocates and frees `total` bytes, at about 1 GiB/s (`HEAP_BENCH_GIB_PER_SECOND`; unpaced,
+/// blocks that are never touched go by at 50 GiB/s and more, which no program does, and fill
+/// the event ring faster than the dump thread drains it).
 #[inline(never)]
 fn churn(total: usize, seed: u64) -> usize {
+    let rate: f64 = std::env::var("HEAP_BENCH_GIB_PER_SECOND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
     let t0 = Instant::now();
     let mut done = 0;
     for s in sizes(seed) {
@@ -370,7 +445,7 @@ fn churn(total: usize, seed: u64) -> usize {
         }
         black_box(Vec::<u8>::with_capacity(s));
         done += s;
-        let due = Duration::from_secs_f64(done as f64 / (1024.0 * MIB as f64));
+        let due = Duration::from_secs_f64(done as f64 / (rate * 1024.0 * MIB as f64));
         if let Some(ahead) = due.checked_sub(t0.elapsed()) {
             std::thread::sleep(ahead);
         }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 /// included); deeper stacks are cut at the root end and marked truncated.
 pub(crate) const MAX_FRAMES: usize = 64;
 /// Cells in the ring (a power of two).
-const CELLS: u64 = 4096;
+pub(crate) const CELLS: u64 = 4096;
 
 /// The stack was deeper than [`MAX_FRAMES`].
 pub(crate) const TRUNCATED: u32 = 1;

@@ -57,7 +57,8 @@
 //! filter); past that (both of an address's buckets full, or 255 entries behind its filter
 //! counter) a sample counts in `alloc_*` only (`Stats::heap_untracked`,
 //! warned once). The ring holds 4,096 events between drains (2.2 MiB mapped; drained every
-//! 100 ms); past that samples are dropped (`Stats::heap_dropped`, warned once). Both are
+//! 100 ms, and 25 ms after a drain that found it a quarter full); past that samples are
+//! dropped (`Stats::heap_dropped`, warned once). Both are
 //! mapped once with `mmap` at start, never through the global allocator, and never freed.
 //! The unwind caches (two per core, at most 32) are built once at start, on a thread of their
 //! own. The dump side keeps one record per live sampled allocation and one entry per distinct

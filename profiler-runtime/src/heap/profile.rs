@@ -21,6 +21,8 @@ use crate::symbolize::Symbolizer;
 const SWEEP_SLACK: usize = 4096;
 /// Thread names remembered (by OS thread id); the map is cleared when it grows past this.
 const MAX_THREAD_NAMES: usize = 4096;
+/// Events the ring holds between drains.
+pub(crate) const EVENT_RING_CELLS: u64 = super::events::CELLS;
 
 /// Which figure a reader shows first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,10 +145,11 @@ impl HeapProfiles {
     }
 
     /// Moves the published events out of the ring; `thread_name` names a thread id the first
-    /// time it is seen. Checks the records against the table when they have doubled.
-    pub(crate) fn drain(&mut self, thread_name: &dyn Fn(i32) -> String) {
+    /// time it is seen. Checks the records against the table when they have doubled. Returns
+    /// how many events the ring held.
+    pub(crate) fn drain(&mut self, thread_name: &dyn Fn(i32) -> String) -> usize {
         let mut events: Vec<(u64, HeapKey, u64, u64, u32, i32)> = Vec::new();
-        EVENTS.drain(|id, ev: &Event| {
+        let drained = EVENTS.drain(|id, ev: &Event| {
             if ev.flags & DISCARD != 0 {
                 return;
             }
@@ -195,6 +198,7 @@ impl HeapProfiles {
             self.sweep();
         }
         self.publish();
+        drained
     }
 
     fn thread(&mut self, tid: i32, thread_name: &dyn Fn(i32) -> String) -> u32 {
