@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use crate::buffer::SampleKind;
 use crate::labels::LabelSet;
 use crate::objects::LoadedObject;
-use crate::pprof::{FrameInfo, Mapping, Profile, ProfileBuilder};
+use crate::pprof::{Mapping, Profile, ProfileBuilder};
 use crate::registry::ThreadRecord;
 use crate::symbolize::Symbolizer;
 
@@ -321,16 +321,6 @@ impl Aggregator {
         let elapsed = self.started.elapsed().unwrap_or_default();
         b.time(start.as_nanos() as i64, elapsed.as_nanos() as i64);
         let mut places = Locations::new(&mut b, objects);
-        let truncated_frame = [FrameInfo {
-            name: "[truncated stack]".into(),
-            file: None,
-            line: 0,
-        }];
-        let cut_short_frame = [FrameInfo {
-            name: "[stack cut short: unreadable memory]".into(),
-            file: None,
-            line: 0,
-        }];
         // Every address this profile needs, resolved in one pass per object file.
         symbols.prepare(
             self.tags
@@ -358,13 +348,7 @@ impl Aggregator {
                     .iter()
                     .map(|&addr| places.location(&mut b, symbols, addr))
                     .collect();
-                if key.truncated {
-                    locations.push(b.location(0, 0, &truncated_frame));
-                }
-                if key.cut_short {
-                    // Pseudo-locations are told apart by address (0 is the truncated one).
-                    locations.push(b.location(0, 1, &cut_short_frame));
-                }
+                Locations::push_markers(&mut b, key.truncated, key.cut_short, &mut locations);
                 let mut labels = vec![tag_label];
                 if let Some(t) = self.threads.get(&key.thread) {
                     labels.push(b.str_label("thread_name", &t.name));
@@ -466,6 +450,23 @@ impl<'o> Locations<'o> {
                 _ => 0,
             },
             None => 0,
+        }
+    }
+
+    /// Appends the pseudo-locations that end a stack the walk did not finish: `[truncated
+    /// stack]` (deeper than a record holds) and `[stack cut short: unreadable memory]`. They
+    /// are told apart by address (0 and 1) and have no mapping.
+    pub(crate) fn push_markers(
+        b: &mut ProfileBuilder,
+        truncated: bool,
+        cut_short: bool,
+        locations: &mut Vec<u64>,
+    ) {
+        if truncated {
+            locations.push(b.location_for_function("[truncated stack]", 0));
+        }
+        if cut_short {
+            locations.push(b.location_for_function("[stack cut short: unreadable memory]", 1));
         }
     }
 

@@ -14,7 +14,7 @@ use super::events::{Event, CUT_SHORT, DISCARD, TRUNCATED, UNTRACKED};
 use super::sampling::{DUMP_SIDE_BYTES, EVENTS, LIVE, LIVE_RECORDS, UNREGISTERED};
 use crate::aggregate::{Locations, Names};
 use crate::objects::LoadedObject;
-use crate::pprof::{FrameInfo, Profile, ProfileBuilder};
+use crate::pprof::{Profile, ProfileBuilder};
 use crate::symbolize::Symbolizer;
 
 /// Records kept beyond twice the live count before a check against the table.
@@ -386,16 +386,6 @@ impl HeapProfiles {
             objects,
         );
         let mut places = Locations::new(&mut b, objects);
-        let truncated_frame = [FrameInfo {
-            name: "[truncated stack]".into(),
-            file: None,
-            line: 0,
-        }];
-        let cut_short_frame = [FrameInfo {
-            name: "[stack cut short: unreadable memory]".into(),
-            file: None,
-            line: 0,
-        }];
         let mut label_sets: HashMap<u32, Vec<(String, String)>> = HashMap::new();
         let mut tag_names: HashMap<u32, String> = HashMap::new();
         for i in wanted {
@@ -412,12 +402,7 @@ impl HeapProfiles {
                 .skip(skip)
                 .map(|&addr| places.location_hiding(&mut b, symbols, addr, &is_machinery))
                 .collect();
-            if s.key.truncated {
-                locations.push(b.location(0, 0, &truncated_frame));
-            }
-            if s.key.cut_short {
-                locations.push(b.location(0, 1, &cut_short_frame));
-            }
+            Locations::push_markers(&mut b, s.key.truncated, s.key.cut_short, &mut locations);
             let tag = tag_of(s.key.tag);
             let tag_name = tag_names.entry(tag).or_insert_with(|| names.tag(tag));
             let mut labels = vec![b.str_label("tag", tag_name)];
