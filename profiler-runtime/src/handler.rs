@@ -373,7 +373,7 @@ unsafe fn registers(context: *mut c_void) -> (u64, framehop::UnwindRegsNative, u
 /// Program counter, framehop registers and stack pointer of the interrupted code.
 ///
 /// Return addresses (`lr` and those read from the stack) are stripped of pointer-authentication
-/// bits with the mask set at start (`unwind::return_address_mask_now`).
+/// bits with the mask set at start (`unwind::aarch64_regs`).
 ///
 /// # Safety
 /// `context` must point to the `ucontext_t` the kernel passed to the handler.
@@ -382,14 +382,7 @@ unsafe fn registers(context: *mut c_void) -> (u64, framehop::UnwindRegsNative, u
     // SAFETY: the caller passes the kernel's ucontext_t.
     let mc = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext };
     let (pc, sp, fp, lr) = (mc.pc, mc.sp, mc.regs[29], mc.regs[30]);
-    let mask = crate::unwind::return_address_mask_now();
-    let regs = framehop::UnwindRegsNative::new_with_ptr_auth_mask(
-        framehop::aarch64::PtrAuthMask(mask),
-        lr,
-        sp,
-        fp,
-    );
-    (pc, regs, sp)
+    (pc, crate::unwind::aarch64_regs(lr, sp, fp), sp)
 }
 
 /// The system call return register of the interrupted code (`rax`).

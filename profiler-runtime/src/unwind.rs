@@ -69,6 +69,21 @@ pub(crate) fn return_address_mask_now() -> u64 {
     RETURN_ADDRESS_MASK.load(Ordering::Relaxed)
 }
 
+/// framehop's registers for a walk from a frame with link register `lr`, stack pointer `sp`
+/// and frame pointer `fp`, with return addresses (`lr` and those read from the stack) stripped
+/// of pointer-authentication bits by the mask set at start. Async-signal-safe: one atomic
+/// load.
+#[cfg(target_arch = "aarch64")]
+#[inline]
+pub(crate) fn aarch64_regs(lr: u64, sp: u64, fp: u64) -> framehop::UnwindRegsNative {
+    framehop::UnwindRegsNative::new_with_ptr_auth_mask(
+        framehop::aarch64::PtrAuthMask(return_address_mask_now()),
+        lr,
+        sp,
+        fp,
+    )
+}
+
 /// Records the signal return trampoline (see [`SIGRETURN`]). x86_64 only: on aarch64 the
 /// kernel returns through the vDSO's `__kernel_rt_sigreturn`, not an `sa_restorer`, so nothing
 /// is recorded and [`sigreturn`] stays 0.

@@ -193,14 +193,7 @@ fn registers_here() -> (u64, framehop::UnwindRegsNative, u64) {
             options(nomem, nostack, preserves_flags),
         );
     }
-    let mask = crate::unwind::return_address_mask_now();
-    let regs = framehop::UnwindRegsNative::new_with_ptr_auth_mask(
-        framehop::aarch64::PtrAuthMask(mask),
-        lr,
-        sp,
-        fp,
-    );
-    (pc, regs, sp)
+    (pc, crate::unwind::aarch64_regs(lr, sp, fp), sp)
 }
 
 /// aarch64: return addresses signed with pointer authentication are stripped in every frame,
