@@ -440,6 +440,13 @@ mod sampling {
 
     thread_local! {
         pub(super) static THREAD: ThreadState = const {
+            ThreadState::new()
+        };
+    }
+
+    impl ThreadState {
+        /// A thread's state before its first allocation.
+        const fn new() -> ThreadState {
             ThreadState {
                 remaining: Cell::new(0),
                 armed: Cell::new(false),
@@ -448,7 +455,7 @@ mod sampling {
                 tid: Cell::new(0),
                 stack: Cell::new((0, 0)),
             }
-        };
+        }
     }
 
     /// Whether heap sampling ever saw an allocation through the wrapper (files are written
@@ -711,14 +718,7 @@ mod sampling {
 
         #[test]
         fn counts_are_exponential_with_the_interval_as_mean() {
-            let t = ThreadState {
-                remaining: Cell::new(0),
-                armed: Cell::new(false),
-                rng: Cell::new(0),
-                busy: Cell::new(false),
-                tid: Cell::new(0),
-                stack: Cell::new((0, 0)),
-            };
+            let t = ThreadState::new();
             let n = 200_000;
             let interval = 512 * 1024;
             let draws: Vec<u64> = (0..n).map(|_| next_count(&t, interval)).collect();
