@@ -103,13 +103,7 @@ fn child_reentrancy() {
 
 #[test]
 fn allocations_inside_the_sampler_are_skipped_not_recursed_with_every_allocation_sampled() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_child(
-        "child_reentrancy",
-        dir.path(),
-        &[("THREADPROF_HEAP_INTERVAL", "1")],
-    );
-    let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
+    let (dir, v) = run_case("child_reentrancy", &[("THREADPROF_HEAP_INTERVAL", "1")]);
     assert!(v["work"] > 0.0);
     // Most are dropped: the ring holds 4,096 between drains, 100 ms apart.
     assert!(v["samples"] + v["dropped"] > 10_000.0, "{v:?}");
@@ -153,10 +147,7 @@ fn child_realloc() {
     if !is_child() {
         return;
     }
-    let _p = threadprof::Profiler::builder()
-        .dump_interval(Duration::from_secs(3600))
-        .start()
-        .expect("start");
+    let _p = start_flushing_only();
     let v = threadprof::spawn("realloc", || {
         let mut v = first_site();
         v.push(1);
@@ -212,10 +203,7 @@ fn child_thread_exit() {
     if !is_child() {
         return;
     }
-    let _p = threadprof::Profiler::builder()
-        .dump_interval(Duration::from_secs(3600))
-        .start()
-        .expect("start");
+    let _p = start_flushing_only();
     let registered = threadprof::spawn("exits", leak_in_thread).join().unwrap();
     let unregistered = std::thread::spawn(leak_in_thread).join().unwrap();
     // Wait for the dump thread to drain after both threads are gone.
@@ -262,10 +250,7 @@ fn child_thread_older_than_the_runtime() {
         churn_bytes(64 << 20)
     });
     ready_rx.recv().unwrap();
-    let _p = threadprof::Profiler::builder()
-        .dump_interval(Duration::from_secs(3600))
-        .start()
-        .expect("start");
+    let _p = start_flushing_only();
     started_tx.send(()).unwrap();
     let after = t.join().unwrap();
     assert!(threadprof::flush());
@@ -275,13 +260,10 @@ fn child_thread_older_than_the_runtime() {
 
 #[test]
 fn a_thread_that_allocated_before_the_start_is_sampled_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_child(
+    let (dir, v) = run_case(
         "child_thread_older_than_the_runtime",
-        dir.path(),
         &[("THREADPROF_HEAP_INTERVAL", "65536")],
     );
-    let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
     let p = read_profile(&dir.path().join(threadprof::MERGED_HEAP_FILE));
     let alloc = by_tag(&p, "alloc_space");
     // About 1,000 samples: the estimate's deviation is about 3%; allocations before the start
@@ -298,10 +280,7 @@ fn child_little_after_the_start() {
     // The main thread allocates before the start (its countdown ends with sampling off and
     // restarts unarmed), then only 100 KiB after it.
     black_box(churn_bytes(1 << 20));
-    let _p = threadprof::Profiler::builder()
-        .dump_interval(Duration::from_secs(3600))
-        .start()
-        .expect("start");
+    let _p = start_flushing_only();
     let kept: Vec<Vec<u8>> = (0..100).map(|_| vec![1u8; 1024]).collect();
     assert!(threadprof::flush());
     std::mem::forget(kept);
@@ -325,10 +304,7 @@ fn child_interval_zero() {
     if !is_child() {
         return;
     }
-    let _p = threadprof::Profiler::builder()
-        .dump_interval(Duration::from_secs(3600))
-        .start()
-        .expect("start");
+    let _p = start_flushing_only();
     let t = threadprof::spawn("off", || churn_bytes(64 << 20));
     black_box(t.join().unwrap());
     assert!(threadprof::flush());
@@ -342,13 +318,7 @@ fn child_interval_zero() {
 
 #[test]
 fn interval_zero_is_a_pass_through() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_child(
-        "child_interval_zero",
-        dir.path(),
-        &[("THREADPROF_HEAP_INTERVAL", "0")],
-    );
-    let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
+    let (dir, v) = run_case("child_interval_zero", &[("THREADPROF_HEAP_INTERVAL", "0")]);
     assert_eq!(v["samples"], 0.0);
     assert_eq!(v["tracking"], 0.0, "nothing mapped");
     assert!(!dir.path().join(threadprof::MERGED_HEAP_FILE).exists());
@@ -425,13 +395,7 @@ fn child_fork() {
 
 #[test]
 fn a_forked_child_allocates_frees_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_child(
-        "child_fork",
-        dir.path(),
-        &[("THREADPROF_HEAP_INTERVAL", "1")],
-    );
-    let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
+    let (_dir, v) = run_case("child_fork", &[("THREADPROF_HEAP_INTERVAL", "1")]);
     assert!(v["samples"] > 0.0);
 }
 

@@ -11,6 +11,23 @@ use threadprof::pprof::Profile;
 
 use crate::common::*;
 
+/// Starts the runtime for a child case: files are written only by `flush` (and at exit).
+pub fn start_flushing_only() -> threadprof::Profiler {
+    threadprof::Profiler::builder()
+        .dump_interval(Duration::from_secs(3600))
+        .start()
+        .expect("start")
+}
+
+/// Runs child case `test` with `env` in a fresh directory; the directory and the child's
+/// `RESULT` values.
+pub fn run_case(test: &str, env: &[(&str, &str)]) -> (tempfile::TempDir, HashMap<String, f64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(test, dir.path(), env);
+    let v = marked_values(&String::from_utf8_lossy(&out.stdout), "RESULT ");
+    (dir, v)
+}
+
 /// Value of sample type `ty` per tag (the `tag` label).
 pub fn by_tag(p: &Profile, ty: &str) -> HashMap<String, i64> {
     let i = p.sample_type_index(ty).expect("sample type");
@@ -80,10 +97,7 @@ const MIB: usize = 1 << 20;
 /// Child: tag `heavy` allocates 3× the bytes of tag `light` and keeps 32 MiB; `light` keeps
 /// nothing. Prints the truth.
 pub fn child_accuracy() {
-    let _p = threadprof::Profiler::builder()
-        .dump_interval(Duration::from_secs(3600))
-        .start()
-        .expect("start");
+    let _p = start_flushing_only();
     let heavy = threadprof::spawn("heavy", || {
         let (kept, kept_bytes) = keep_bytes(32 * MIB);
         let churned = churn_bytes(268 * MIB);
