@@ -314,12 +314,7 @@ impl Aggregator {
             View::All | View::Cpu => b.period("cpu", "nanoseconds", self.periods.cpu_ns as i64),
             View::Wall => b.period("wall", "nanoseconds", self.periods.wall_ns as i64),
         }
-        let start = self
-            .started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let elapsed = self.started.elapsed().unwrap_or_default();
-        b.time(start.as_nanos() as i64, elapsed.as_nanos() as i64);
+        stamp_time(&mut b, self.started);
         let mut places = Locations::new(&mut b, objects);
         // Every address this profile needs, resolved in one pass per object file.
         symbols.prepare(
@@ -391,6 +386,15 @@ impl Aggregator {
         }
         b.finish()
     }
+}
+
+/// Sets a profile's `time_nanos` to `started` and its `duration_nanos` to the time since.
+pub(crate) fn stamp_time(b: &mut ProfileBuilder, started: SystemTime) {
+    let start = started
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let elapsed = started.elapsed().unwrap_or_default();
+    b.time(start.as_nanos() as i64, elapsed.as_nanos() as i64);
 }
 
 /// The mappings and locations of a profile being built, shared by the CPU and heap profiles

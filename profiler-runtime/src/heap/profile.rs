@@ -365,12 +365,7 @@ impl HeapProfiles {
         };
         let mut b = ProfileBuilder::new(&types, default_index);
         b.period("space", "bytes", self.interval as i64);
-        let start = self
-            .started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let elapsed = self.started.elapsed().unwrap_or_default();
-        b.time(start.as_nanos() as i64, elapsed.as_nanos() as i64);
+        crate::aggregate::stamp_time(&mut b, self.started);
         let wanted: Vec<usize> = (0..self.stacks.len())
             .filter(|&i| {
                 self.stacks
